@@ -1,0 +1,31 @@
+# Everything sets itself up: `make train CLASS=horse` or `make test` on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CLASS ?= horse
+DATA ?= data/cifar10
+ARGS ?=
+
+.PHONY: install test train demo cifar10 clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install  ## the test suite: CPU, tiny data made on the spot, no network
+	WANDB_MODE=disabled $(BIN)/python -m pytest
+
+train: install  ## one CIFAR-10 experiment: make train CLASS=horse [DATA=path] [ARGS="trainer.max_epochs=1 ..."]
+	$(BIN)/python -m fned_lightning.train anomaly_class=$(CLASS) data.root=$(DATA) $(ARGS)
+
+demo: install  ## synthetic parts: needs no files and no network
+	$(BIN)/python -m fned_lightning.train experiment=demo $(ARGS)
+
+cifar10:  ## unpack the CIFAR-10 image copy that sits beside the checkout into $(DATA)
+	mkdir -p $(DATA) && tar -xzf ../shared/datasets/cifar10-jpeg.tar.gz -C $(DATA)
+
+clean:
+	rm -rf outputs multirun wandb lightning_logs .pytest_cache

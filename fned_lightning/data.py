@@ -1,0 +1,370 @@
+"""Data modules: CIFAR-10 one-class splits, image folders of parts (MVTec layout), and synthetic parts.
+
+Every image is decoded and resized once, then held as a uint8 tensor; batches are sliced
+from it (no per-item PIL, no per-epoch decode) and scaled to [-1, 1] on the device by the
+LightningModule. Test sets are shuffled once with a fixed seed so that `limit_test_batches`
+draws from both classes.
+"""
+
+import hashlib
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import resize, to_dtype
+
+from fned_lightning.errors import InputError
+
+log = logging.getLogger(__name__)
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_ALIASES = {"plane": "airplane", "car": "automobile"}  # the paper's short names
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}  # what torchvision.io decodes
+SIZE_MULTIPLE = 16  # the generators downsample four times
+
+
+def resolve_cifar10_class(name: str) -> str:
+    """A CIFAR-10 class name or the paper's alias, checked; the error lists the valid names."""
+    valid = ", ".join(CIFAR10_CLASSES)
+    if name is None:
+        raise InputError(f"data=cifar10 needs an anomaly class, e.g. anomaly_class=horse; choose one of: {valid} (or plane, car)")
+    resolved = CIFAR10_ALIASES.get(str(name).lower(), str(name).lower())
+    if resolved not in CIFAR10_CLASSES:
+        raise InputError(f"unknown anomaly_class {name!r}; choose one of: {valid} (or plane, car)")
+    return resolved
+
+
+def list_images(folder: Path, expected_layout: str) -> list[Path]:
+    """The image files in `folder`, sorted; a clear error when it is missing or holds none."""
+    if not folder.is_dir():
+        raise InputError(f"expected a folder of images at {folder}, but it does not exist.\n{expected_layout}")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if len(images) < len(files):
+        log.warning("skipped %d non-image files in %s (readable: %s)", len(files) - len(images), folder,
+                    ", ".join(sorted(IMAGE_SUFFIXES)))
+    if not images:
+        raise InputError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).\n{expected_layout}")
+    return images
+
+
+def read_image(path: Path, channels: int) -> torch.Tensor:
+    """One image as uint8 CxHxW with `channels` channels (grey, palette, RGBA and 16-bit converted)."""
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    try:
+        image = decode_image(str(path), mode=mode)
+    except (RuntimeError, ValueError) as error:
+        raise InputError(f"cannot read image {path}: {error}. Remove or replace the file.") from error
+    return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)
+
+
+def load_images(paths: Sequence[Path], channels: int, image_size: int) -> torch.Tensor:
+    """Decode and resize every file once into an NxCxSxS uint8 tensor (decoding in threads)."""
+    def load(path: Path) -> torch.Tensor:
+        image = read_image(path, channels)
+        if image.shape[-2:] != (image_size, image_size):
+            image = resize(image, [image_size, image_size], antialias=True)
+        return image
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return torch.stack(list(pool.map(load, paths)))
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1], the generators' Tanh range."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def check_image_size(image_size: int) -> None:
+    if image_size < SIZE_MULTIPLE or image_size % SIZE_MULTIPLE:
+        raise InputError(
+            f"data.image_size={image_size} is not a multiple of {SIZE_MULTIPLE}; the networks halve it four "
+            f"times. Use e.g. 32, 64, 128 or 256."
+        )
+
+
+class InMemoryImages(Dataset):
+    """uint8 images with labels and indices; `__getitems__` slices a whole batch at once."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.labels[index], index
+
+    def __getitems__(self, indices: list[int]):
+        index = torch.as_tensor(indices)
+        return self.images[index], self.labels[index], index
+
+
+def already_batched(batch):
+    """DataLoader collate for `InMemoryImages.__getitems__`, which returns a finished batch."""
+    return batch
+
+
+class AnomalyDataModule(L.LightningDataModule):
+    """Shared split logic: `load()` gives normal training images and a labelled test set.
+
+    A seeded `val_fraction` of the normal training images is held out as the validation split,
+    on which the score normalisation (and threshold) is fitted; it never sees test labels.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: int = 32,
+        channels: int = 3,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        val_fraction: float = 0.05,
+        split_seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        check_image_size(image_size)
+        if channels not in (1, 3):
+            raise InputError(f"data.channels must be 1 (grey) or 3 (colour), got {channels}")
+        if not 0 <= val_fraction < 1:
+            raise InputError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        self.root = Path(root).expanduser() if root is not None else None
+        self.image_size, self.channels = image_size, channels
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
+        self.train_set: InMemoryImages | None = None
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """(normal training images, test images, test labels 0/1, test names), uint8 NxCxSxS."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train, test, test_labels, names = self.load()
+        generator = torch.Generator().manual_seed(self.split_seed)
+        order = torch.randperm(len(train), generator=generator)
+        n_val = math.floor(len(train) * self.val_fraction)
+        self.train_set = InMemoryImages(train[order[n_val:]], torch.zeros(len(train) - n_val, dtype=torch.long))
+        self.val_set = InMemoryImages(train[order[:n_val]], torch.zeros(n_val, dtype=torch.long))
+        test_order = torch.randperm(len(test), generator=generator)
+        self.test_set = InMemoryImages(test[test_order], test_labels[test_order])
+        self.test_names = [names[i] for i in test_order.tolist()]
+        log.info("split sizes: %s", self.split_sizes())
+
+    def split_sizes(self) -> dict[str, int]:
+        labels = self.test_set.labels
+        return {
+            "n_train": len(self.train_set),
+            "n_val": len(self.val_set),
+            "n_test": len(self.test_set),
+            "n_test_normal": int((labels == 0).sum()),
+            "n_test_abnormal": int((labels == 1).sum()),
+        }
+
+    def _loader(self, dataset: InMemoryImages, batch_size: int, train: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > batch_size,  # a last batch of 1-2 images upsets BatchNorm
+            collate_fn=already_batched,
+            num_workers=self.num_workers,
+        )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels, index = batch
+        return to_model_range(images), labels, index  # on the device: the host only slices uint8
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, self.eval_batch_size) if len(self.val_set) else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size)
+
+
+def _labelled(normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.cat([normal, abnormal])
+    labels = torch.cat([torch.zeros(len(normal), dtype=torch.long), torch.ones(len(abnormal), dtype=torch.long)])
+    return images, labels
+
+
+class CIFAR10OneClass(AnomalyDataModule):
+    """One CIFAR-10 class is the anomaly (paper section 2.1).
+
+    Train: the nine normal classes' 45,000 training images (less the validation split).
+    Test: their 9,000 test images (label 0) + all 6,000 anomaly-class images (label 1).
+    `root` holds either torchvision's `cifar-10-batches-py` (downloaded when `download`) or
+    an image-folder copy `train/<class>/*`, `test/<class>/*`.
+    """
+
+    def __init__(self, root: str, anomaly_class: str, download: bool = True, cache_dir: str | None = None, **kwargs):
+        super().__init__(root=root, **kwargs)
+        self.anomaly_class = resolve_cifar10_class(anomaly_class)
+        self.download = download
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+
+    def load(self):
+        train, train_classes, train_names, test, test_classes, test_names = self.read_cifar10()
+        if train.shape[-1] != self.image_size:
+            train = resize(train, [self.image_size] * 2, antialias=True)
+            test = resize(test, [self.image_size] * 2, antialias=True)
+        if self.channels == 1:
+            train, test = (to_grayscale(x) for x in (train, test))
+        anomaly = CIFAR10_CLASSES.index(self.anomaly_class)
+        normal_train, abnormal_train = train_classes != anomaly, train_classes == anomaly
+        normal_test, abnormal_test = test_classes != anomaly, test_classes == anomaly
+        images, labels = _labelled(test[normal_test], torch.cat([train[abnormal_train], test[abnormal_test]]))
+        names = (
+            [n for n, keep in zip(test_names, normal_test.tolist()) if keep]
+            + [n for n, keep in zip(train_names, abnormal_train.tolist()) if keep]
+            + [n for n, keep in zip(test_names, abnormal_test.tolist()) if keep]
+        )
+        return train[normal_train], images, labels, names
+
+    def read_cifar10(self):
+        """All 60,000 images at 32x32 with class indices and names, from whichever copy `root` holds."""
+        if (self.root / "train").is_dir() and (self.root / "test").is_dir():
+            return self.read_image_folder_copy()
+        from torchvision.datasets import CIFAR10
+
+        try:
+            splits = [CIFAR10(str(self.root), train=train, download=self.download) for train in (True, False)]
+        except (RuntimeError, OSError) as error:  # no copy here, and none to be had
+            fix = (
+                f"the download failed ({error}); with no internet, point data.root at a copy"
+                if self.download
+                else "set data.download=true where there is internet, or point data.root at a copy"
+            )
+            raise InputError(
+                f"no CIFAR-10 at data.root={self.root}: expected torchvision's cifar-10-batches-py/ or an image-folder "
+                f"copy train/<class>/*.jpg + test/<class>/*.jpg there. {fix}, e.g. "
+                f"`tar -xzf ../shared/datasets/cifar10-jpeg.tar.gz -C data/cifar10`."
+            ) from error
+        out = []
+        for split_name, split in zip(("train", "test"), splits):
+            images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()
+            classes = torch.as_tensor(split.targets)
+            names = [f"{split_name}/{CIFAR10_CLASSES[c]}/{i:05d}" for i, c in enumerate(split.targets)]
+            out += [images, classes, names]
+        return tuple(out)
+
+    def read_image_folder_copy(self):
+        """Decode `train/<class>/*` and `test/<class>/*` once; cache the uint8 tensors if `cache_dir` is set."""
+        layout = "Expected the CIFAR-10 folder layout train/<class>/*.jpg and test/<class>/*.jpg, classes " + ", ".join(CIFAR10_CLASSES)
+        files = {split: [list_images(self.root / split / name, layout) for name in CIFAR10_CLASSES] for split in ("train", "test")}
+        key = hashlib.sha1("\n".join(str(p.resolve()) for split in files.values() for c in split for p in c).encode()).hexdigest()[:16]
+        cache = self.cache_dir / f"cifar10-{key}.pt" if self.cache_dir else None
+        if cache is not None and cache.exists():
+            return torch.load(cache)
+        out = []
+        for split, per_class in files.items():
+            paths = [p for class_files in per_class for p in class_files]
+            log.info("decoding %d CIFAR-10 %s images from %s (once)", len(paths), split, self.root / split)
+            images = load_images(paths, channels=3, image_size=32)
+            classes = torch.cat([torch.full((len(f),), c, dtype=torch.long) for c, f in enumerate(per_class)])
+            out += [images, classes, [str(p.relative_to(self.root)) for p in paths]]
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(tuple(out), cache)
+        return tuple(out)
+
+
+def to_grayscale(images: torch.Tensor) -> torch.Tensor:
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round().to(torch.uint8)
+
+
+class ImageFolderAnomaly(AnomalyDataModule):
+    """Parts in MVTec AD's layout: root/train/<normal_dir>/, root/test/<normal_dir>/, root/test/<defect>/...
+
+    Every folder under root/test other than `normal_dir` is abnormal. Images of any size,
+    grey or colour, are converted to `channels` and resized to `image_size`.
+    """
+
+    def __init__(self, root: str, normal_dir: str = "good", **kwargs):
+        super().__init__(root=root, **kwargs)
+        self.normal_dir = normal_dir
+
+    def load(self):
+        if self.root is None:
+            raise InputError("data=folder needs data.root=/path/to/parts")
+        layout = (
+            f"Expected layout: {self.root}/train/{self.normal_dir}/*.png (normal training images), "
+            f"{self.root}/test/{self.normal_dir}/*.png (normal test images) and "
+            f"{self.root}/test/<defect>/*.png (abnormal test images, any folder name)."
+        )
+        train_paths = list_images(self.root / "train" / self.normal_dir, layout)
+        normal_paths = list_images(self.root / "test" / self.normal_dir, layout)
+        defect_dirs = sorted(p for p in (self.root / "test").iterdir() if p.is_dir() and p.name != self.normal_dir)
+        abnormal_paths = [p for d in defect_dirs for p in list_images(d, layout)]
+        if not abnormal_paths:
+            warnings.warn(f"no abnormal test images under {self.root / 'test'}: AUROC/AUPRC will be undefined", stacklevel=2)
+        train = load_images(train_paths, self.channels, self.image_size)
+        images, labels = _labelled(
+            load_images(normal_paths, self.channels, self.image_size),
+            load_images(abnormal_paths, self.channels, self.image_size)
+            if abnormal_paths
+            else torch.empty(0, self.channels, self.image_size, self.image_size, dtype=torch.uint8),
+        )
+        names = [str(p.relative_to(self.root)) for p in normal_paths + abnormal_paths]
+        return train, images, labels, names
+
+
+class SyntheticParts(AnomalyDataModule):
+    """Procedurally drawn washers (a textured ring, slightly jittered), and the same with a defect:
+    a scratch across the ring, a dent, or a missing wedge. No files needed: the offline demo."""
+
+    def __init__(self, n_train: int = 1024, n_test_normal: int = 128, n_test_abnormal: int = 128, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.n_train, self.n_test_normal, self.n_test_abnormal, self.seed = n_train, n_test_normal, n_test_abnormal, seed
+
+    def load(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        train = draw_parts(self.n_train, self.image_size, self.channels, generator)
+        normal = draw_parts(self.n_test_normal, self.image_size, self.channels, generator)
+        abnormal = draw_parts(self.n_test_abnormal, self.image_size, self.channels, generator, defective=True)
+        images, labels = _labelled(normal, abnormal)
+        names = [f"synthetic/normal/{i:04d}" for i in range(len(normal))]
+        names += [f"synthetic/defect/{i:04d}" for i in range(len(abnormal))]
+        return train, images, labels, names
+
+
+def draw_parts(n: int, size: int, channels: int, generator: torch.Generator, defective: bool = False) -> torch.Tensor:
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(n, 1, 1, generator=generator))
+
+    axis = torch.linspace(-1, 1, size)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    cx, cy = uniform(-0.06, 0.06), uniform(-0.06, 0.06)
+    dx, dy = x - cx, y - cy
+    radius, angle = (dx**2 + dy**2).sqrt(), torch.atan2(dy, dx) + uniform(0, 2 * math.pi)
+    outer, inner = uniform(0.62, 0.68), uniform(0.26, 0.30)
+    ring = (radius < outer) & (radius > inner)
+    image = 0.25 + 0.04 * torch.randn(n, size, size, generator=generator)
+    image = torch.where(ring, 0.7 + 0.06 * torch.cos(6 * angle), image)  # six flats, like a nut
+    if defective:
+        kind = torch.randint(0, 3, (n, 1, 1), generator=generator)
+        direction = uniform(0, math.pi)
+        offset = uniform(-0.4, 0.4)
+        scratch = ((dx * torch.sin(direction) - dy * torch.cos(direction) - offset).abs() < 0.05) & ring
+        spot_angle = uniform(0, 2 * math.pi)
+        spot_r = (outer + inner) / 2
+        dent = ((dx - spot_r * torch.cos(spot_angle)) ** 2 + (dy - spot_r * torch.sin(spot_angle)) ** 2).sqrt() < 0.12
+        wedge = ring & (torch.remainder(angle - spot_angle, 2 * math.pi) < 0.5)
+        image = torch.where((kind == 0) & scratch, 0.15, image)
+        image = torch.where((kind == 1) & dent, 0.95, image)
+        image = torch.where((kind == 2) & wedge, 0.25, image)
+    image = (image.clamp(0, 1) * 255).round().to(torch.uint8).unsqueeze(1)
+    return image.expand(-1, channels, -1, -1).contiguous()

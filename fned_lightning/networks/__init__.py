@@ -1,0 +1,1 @@
+"""Generators and discriminators as plain nn.Modules; the LightningModule wires them."""

@@ -1,0 +1,52 @@
+"""Tiny data made on the spot (a fake CIFAR-10 folder copy, a fastener folder) and a CLI runner."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import write_jpeg, write_png
+
+from fned_lightning.data import CIFAR10_CLASSES
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model.generator.width=4", "model.discriminator.width=8", "logger=csv"]
+
+
+def random_image(channels: int, height: int, width: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 256, (channels, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def cifar_folder(tmp_path_factory) -> Path:
+    """CIFAR-10's folder layout with 3 training and 2 test JPEGs per class (50 images)."""
+    root = tmp_path_factory.mktemp("cifar10")
+    for split, count in (("train", 3), ("test", 2)):
+        for c, name in enumerate(CIFAR10_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                write_jpeg(random_image(3, 32, 32, seed=100 * c + 10 * i + len(split)), str(folder / f"{i:04d}.jpg"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def parts_folder(tmp_path_factory) -> Path:
+    """MVTec-style parts: 12 normal training images (grey, 40x48), 4 normal and 5 abnormal test images."""
+    root = tmp_path_factory.mktemp("parts")
+    layout = {"train/good": 12, "test/good": 4, "test/scratch": 3, "test/crack": 2}
+    for seed, (folder, count) in enumerate(layout.items()):
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            write_png(random_image(1, 40, 48, seed=10 * seed + i), str(root / folder / f"{i:03d}.png"))
+    (root / "train/good/notes.txt").write_text("not an image")
+    return root
+
+
+def run_cli(*overrides: str, tmp_path: Path, module: str = "fned_lightning.train") -> subprocess.CompletedProcess:
+    """The real command line, as a user runs it, writing into tmp_path/run."""
+    env = os.environ | {"WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", module, f"hydra.run.dir={tmp_path / 'run'}", *overrides]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -1,0 +1,120 @@
+import pytest
+import torch
+from torchvision.io import write_png
+
+from fned_lightning.data import CIFAR10OneClass, ImageFolderAnomaly, SyntheticParts, resolve_cifar10_class
+from fned_lightning.errors import InputError
+
+
+def cifar(root, anomaly_class="horse", **kwargs):
+    module = CIFAR10OneClass(root=str(root), anomaly_class=anomaly_class, download=False, **kwargs)
+    module.setup("fit")
+    return module
+
+
+def test_cifar10_one_class_split_counts_and_labels(cifar_folder):
+    module = cifar(cifar_folder, val_fraction=0.0)
+    # 9 normal classes x 3 training images; test: 9 x 2 normal + the anomaly's 3 train + 2 test images.
+    assert module.split_sizes() == {"n_train": 27, "n_val": 0, "n_test": 23, "n_test_normal": 18, "n_test_abnormal": 5}
+    for name, label in zip(module.test_names, module.test_set.labels.tolist()):
+        assert ("/horse/" in f"/{name}") == (label == 1), name
+    assert module.train_set.images.dtype == torch.uint8
+    assert module.train_set.images.shape[1:] == (3, 32, 32)
+
+
+def test_validation_split_comes_from_normal_training_images(cifar_folder):
+    module = cifar(cifar_folder, val_fraction=0.2)
+    assert module.split_sizes()["n_val"] == 5 and module.split_sizes()["n_train"] == 22
+    train = {tuple(image.flatten()[:64].tolist()) for image in module.train_set.images}
+    val = {tuple(image.flatten()[:64].tolist()) for image in module.val_set.images}
+    assert not train & val
+
+
+def test_test_set_is_shuffled_so_a_prefix_holds_both_classes(cifar_folder):
+    module = cifar(cifar_folder, eval_batch_size=12)
+    images, labels, index = next(iter(module.test_dataloader()))
+    assert images.shape == (12, 3, 32, 32) and images.dtype == torch.uint8
+    assert 0 < labels.sum() < 12
+    assert torch.equal(module.test_set.labels[index], labels)
+
+
+def test_paper_short_names_are_accepted():
+    assert resolve_cifar10_class("plane") == "airplane"
+    assert resolve_cifar10_class("Car") == "automobile"
+
+
+@pytest.mark.parametrize("name", ["horses", None])
+def test_unknown_class_lists_the_valid_names(name):
+    with pytest.raises(InputError, match="airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck"):
+        resolve_cifar10_class(name)
+
+
+def test_missing_cifar10_names_the_path_and_the_layouts(tmp_path):
+    with pytest.raises(InputError, match=f"(?s){tmp_path / 'nowhere'}.*train/<class>"):
+        cifar(tmp_path / "nowhere")
+
+
+def test_cifar10_folder_copy_is_cached_as_tensors(cifar_folder, tmp_path):
+    first = cifar(cifar_folder, cache_dir=str(tmp_path))
+    assert len(list(tmp_path.glob("cifar10-*.pt"))) == 1
+    second = cifar(cifar_folder, cache_dir=str(tmp_path))
+    assert torch.equal(first.test_set.images, second.test_set.images)
+
+
+def test_folder_datamodule_reads_mvtec_layout(parts_folder):
+    module = ImageFolderAnomaly(root=str(parts_folder), image_size=32, channels=1, val_fraction=0.25)
+    module.setup("fit")
+    assert module.split_sizes() == {"n_train": 9, "n_val": 3, "n_test": 9, "n_test_normal": 4, "n_test_abnormal": 5}
+    assert module.train_set.images.shape[1:] == (1, 32, 32)  # 40x48 grey resized, notes.txt skipped
+    for name, label in zip(module.test_names, module.test_set.labels.tolist()):
+        assert name.startswith("test/good/") == (label == 0)
+
+
+def test_folder_datamodule_converts_grey_to_colour(parts_folder):
+    module = ImageFolderAnomaly(root=str(parts_folder), image_size=16, channels=3)
+    module.setup("fit")
+    images = module.test_set.images
+    assert images.shape[1:] == (3, 16, 16)
+    assert torch.equal(images[:, 0], images[:, 2])
+
+
+def test_missing_normal_folder_names_the_expected_layout(parts_folder):
+    with pytest.raises(InputError, match=r"(?s)train/ok.*does not exist.*Expected layout"):
+        ImageFolderAnomaly(root=str(parts_folder), normal_dir="ok", image_size=32).setup("fit")
+
+
+def test_empty_folder_is_reported(tmp_path):
+    (tmp_path / "train/good").mkdir(parents=True)
+    with pytest.raises(InputError, match="no images in .*train/good"):
+        ImageFolderAnomaly(root=str(tmp_path), image_size=32).setup("fit")
+
+
+def test_unreadable_image_names_the_file(parts_folder, tmp_path):
+    root = tmp_path / "parts"
+    for folder in ("train/good", "test/good", "test/crack"):
+        (root / folder).mkdir(parents=True)
+        write_png(torch.zeros(1, 16, 16, dtype=torch.uint8), str(root / folder / "000.png"))
+    (root / "train/good/001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(InputError, match="cannot read image .*001.png"):
+        ImageFolderAnomaly(root=str(root), image_size=16).setup("fit")
+
+
+@pytest.mark.parametrize("size", [40, 8])
+def test_image_size_must_be_a_multiple_of_16(size):
+    with pytest.raises(InputError, match="not a multiple of 16"):
+        SyntheticParts(image_size=size)
+
+
+def test_synthetic_parts_are_deterministic_and_defects_differ():
+    def make():
+        module = SyntheticParts(n_train=32, n_test_normal=16, n_test_abnormal=16, image_size=32, channels=1)
+        module.setup("fit")
+        return module
+
+    first, second = make(), make()
+    assert torch.equal(first.test_set.images, second.test_set.images)
+    assert first.split_sizes()["n_test_abnormal"] == 16
+    images, labels = first.test_set.images.float(), first.test_set.labels
+    mean_normal = first.train_set.images.float().mean(0)
+    gap = (images - mean_normal).abs().mean((1, 2, 3))
+    assert gap[labels == 1].mean() > gap[labels == 0].mean()

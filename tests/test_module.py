@@ -1,0 +1,78 @@
+import lightning as L
+import pytest
+import torch
+
+from fned_lightning import module
+from fned_lightning.data import SyntheticParts
+from fned_lightning.module import AnomalyGAN, constant_then_linear_decay
+from fned_lightning.networks.dcgan import dcgan_init
+
+
+def tiny_model(**hparams) -> AnomalyGAN:
+    return AnomalyGAN(
+        generator={"_target_": "fned_lightning.networks.fned.FNEDGenerator", "channels": 1, "width": 4},
+        discriminator={"_target_": "fned_lightning.networks.dcgan.DCGANDiscriminator", "image_size": 16, "channels": 1, "width": 8},
+        **hparams,
+    )
+
+
+def tiny_data() -> SyntheticParts:
+    return SyntheticParts(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2)
+
+
+def fit(model: AnomalyGAN, **trainer_args) -> L.Trainer:
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, **trainer_args)
+    trainer.fit(model, datamodule=tiny_data())
+    return trainer
+
+
+def test_one_step_updates_both_networks_and_the_losses_add_up():
+    L.seed_everything(0)
+    model = tiny_model()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = fit(model, max_steps=1, limit_val_batches=0)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert any(name.startswith("generator.") for name in changed)
+    assert any(name.startswith("discriminator.") for name in changed)
+    m = trainer.callback_metrics
+    expected = 1.0 * m["train/loss_adv"] + 20.0 * m["train/loss_con"] + 1.0 * m["train/loss_lat"]
+    torch.testing.assert_close(m["train/loss_g"], expected)
+    assert m["train/d_reinit"] == 0
+
+
+@pytest.mark.parametrize("collapse_loss,reinits", [(1e9, 1), (1e-5, 0)])  # 1e9: every step counts as a collapse
+def test_discriminator_is_reinitialised_only_when_its_loss_collapses(monkeypatch, collapse_loss, reinits):
+    reinitialised = []
+    monkeypatch.setattr(module, "dcgan_init", lambda layer: reinitialised.append(layer) or dcgan_init(layer))
+    L.seed_everything(0)
+    model = tiny_model(d_collapse_loss=collapse_loss)
+    trainer = fit(model, max_steps=1, limit_val_batches=0)
+    assert trainer.callback_metrics["train/d_reinit"] == reinits
+    assert (model.discriminator.features[0] in reinitialised) == bool(reinits)
+    assert not any(layer in reinitialised for layer in model.generator.modules())
+
+
+def test_schedule_is_constant_then_linear_decay():
+    factors = [constant_then_linear_decay(e, total_epochs=15, decay_epochs=8) for e in range(15)]
+    assert factors[:7] == [1.0] * 7
+    assert factors[7:] == pytest.approx([1 - k / 9 for k in range(1, 9)])
+
+
+def test_schedulers_step_once_per_epoch_and_validation_fits_the_normalisation():
+    L.seed_everything(0)
+    model = tiny_model(lr_decay_fraction=0.5)
+    fit(model, max_epochs=4)
+    assert [s.last_epoch for s in model.lr_schedulers()] == [4, 4]
+    lr = model.optimizers()[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(2e-4 * constant_then_linear_decay(4, total_epochs=4, decay_epochs=2))
+    assert torch.isfinite(model.score_min) and model.score_max > model.score_min
+
+
+def test_eval_mode_scores_do_not_depend_on_the_batch():
+    model = tiny_model().eval()
+    x = torch.rand(6, 1, 16, 16) * 2 - 1
+    with torch.inference_mode():
+        together = model(x)[0]
+        alone = torch.cat([model(x[i : i + 1])[0] for i in range(6)])
+    torch.testing.assert_close(together, alone)

@@ -1,0 +1,74 @@
+"""The command line end to end, as a user runs it: tiny networks, tiny data, CPU."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from tests.conftest import TINY, run_cli
+
+SYNTHETIC = ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
+
+
+def results(tmp_path):
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    with open(run / "scores.csv") as file:
+        rows = list(csv.DictReader(file))
+    return run, metrics, rows
+
+
+def test_synthetic_run_writes_metrics_scores_config_and_checkpoint(tmp_path):
+    done = run_cli(*TINY, *SYNTHETIC, "trainer.max_epochs=2", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run, metrics, rows = results(tmp_path)
+    for key in ("auroc", "auprc", "f1", "precision", "recall", "f1_test_minmax", "precision_test_minmax",
+                "recall_test_minmax", "f1_val_minmax", "protocol", "model", "seed", "epochs", "n_train", "n_val", "n_test"):
+        assert key in metrics, key
+    assert metrics["protocol"] == "honest" and metrics["model"] == "fned" and metrics["epochs"] == 2
+    assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (44, 4, 16)
+    assert 0 <= metrics["auroc"] <= 1
+    assert len(rows) == 16 and {row["label"] for row in rows} == {"0", "1"}
+    assert all(row["name"].startswith("synthetic/defect/") == (row["label"] == "1") for row in rows)
+    assert (run / "config.yaml").exists() and (run / "csv" / "metrics.csv").exists()
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # plain data, no pickled classes
+    assert checkpoint["state_dict"]["score_min"].item() == pytest.approx(metrics["score_min"])
+    assert checkpoint["hyper_parameters"]["generator"]["width"] == 4  # rebuildable from the checkpoint alone
+
+
+def test_cifar10_folder_copy_with_the_papers_short_name(tmp_path, cifar_folder):
+    done = run_cli(*TINY, f"data.root={cifar_folder}", "anomaly_class=plane", "data.cache_dir=null",
+                   "trainer.max_epochs=1", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, metrics, rows = results(tmp_path)
+    assert metrics["anomaly_class"] == "airplane"
+    assert metrics["n_test_normal"] == 18 and metrics["n_test_abnormal"] == 5
+    assert sum(row["name"].split("/")[1] == "airplane" for row in rows) == 5
+
+
+def test_folder_of_grey_parts(tmp_path, parts_folder):
+    done = run_cli(*TINY, "data=folder", f"data.root={parts_folder}", "data.channels=1", "data.image_size=32",
+                   "data.batch_size=4", "trainer.max_epochs=1", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, metrics, rows = results(tmp_path)
+    assert metrics["n_test"] == 9 and metrics["data"] == "folder"
+    assert {row["name"].split("/")[1] for row in rows} == {"good", "scratch", "crack"}
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["anomaly_class=horses"], "unknown anomaly_class 'horses'; choose one of: airplane, automobile"),
+        ([], "needs an anomaly class, e.g. anomaly_class=horse"),
+        (["anomaly_class=horse", "data.root=/nonexistent/cifar", "data.download=false"], "no CIFAR-10 at data.root=/nonexistent/cifar"),
+        (["data=folder", "data.root=/nonexistent/parts"], "/nonexistent/parts/train/good"),
+        (["data=synthetic", "data.image_size=40"], "data.image_size=40 is not a multiple of 16"),
+    ],
+)
+def test_user_mistakes_get_one_clear_message_and_no_traceback(tmp_path, overrides, message):
+    done = run_cli(*TINY, *overrides, tmp_path=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert message in output
+    assert "Traceback" not in output
