@@ -81,7 +81,8 @@ def evaluate(
     ones when a range was fitted.
     """
     scores, labels = scores.float().cpu(), labels.long().cpu()
-    metrics: dict[str, float | None] = ranking_metrics(scores, labels)
+    metrics: dict[str, float | None] = {"n_scored": len(scores), "n_scored_abnormal": int(labels.sum())}
+    metrics |= ranking_metrics(scores, labels)
     test_minmax = detection_metrics(min_max_normalise(scores, scores.min().item(), scores.max().item()), labels, threshold)
     metrics |= {f"{name}_test_minmax": value for name, value in test_minmax.items()}
     if fitted_range is None:

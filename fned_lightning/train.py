@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from fned_lightning.errors import InputError
 
 log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning on newer torch: noise
 
 
 def train(cfg: DictConfig) -> dict:
@@ -30,10 +32,13 @@ def train(cfg: DictConfig) -> dict:
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole run, not just the model
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        speed = throughput(trainer)
         trainer.test(model, datamodule=datamodule, verbose=False)
-        metrics = run_summary(cfg, trainer, datamodule) | model.test_results["metrics"]
+        metrics = run_summary(cfg, trainer, datamodule) | model.test_results["metrics"] | speed | throughput(trainer)
         if trainer.is_global_zero:
             write_results(Path(cfg.output_dir), cfg, metrics, model, datamodule)
         return metrics
@@ -57,6 +62,11 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule) -> dict:
         "image_size": datamodule.image_size,
         **datamodule.split_sizes(),
     }
+
+
+def throughput(trainer: L.Trainer) -> dict[str, float]:
+    """The Throughput callback's figures of the loop that just ran (fit or test)."""
+    return {k.removeprefix("perf/"): v.item() for k, v in trainer.callback_metrics.items() if k.startswith("perf/")}
 
 
 def write_results(output_dir: Path, cfg: DictConfig, metrics: dict, model, datamodule) -> None:

@@ -1,11 +1,11 @@
-"""The DCGAN discriminator, split into a feature extractor f(x) and a classifier head."""
+"""DCGAN building blocks: the encoder / discriminator pyramid and the decoder (Radford et al. 2016)."""
 
 import torch
 from torch import nn
 
 
 def dcgan_init(module: nn.Module) -> None:
-    """DCGAN weight init (Radford et al.): N(0, 0.02) convs, N(1, 0.02) BatchNorm scales."""
+    """DCGAN weight init: N(0, 0.02) convs, N(1, 0.02) BatchNorm scales."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
@@ -15,25 +15,60 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class DCGANDiscriminator(nn.Module):
-    """Conv 4x4 stride 2 + BatchNorm + LeakyReLU(0.2) down to 4x4, then a 4x4 conv to one logit.
+def check_size(image_size: int, name: str) -> None:
+    if image_size < 16 or image_size % 16:
+        raise ValueError(f"{name} needs an image_size that is a multiple of 16, got {image_size}")
 
-    `forward` returns (logits, f(x)); the sigmoid lives in BCE-with-logits for stability.
-    """
 
-    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64):
+class DCGANEncoder(nn.Module):
+    """Conv 4x4 stride 2 (+ BatchNorm) + LeakyReLU(0.2) down to 4x4 (`features`), then a 4x4 conv to
+    `out_channels` x 1 x 1 (`head`). `batch_norm=False` gives a WGAN-GP critic (no batch coupling)."""
+
+    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64, out_channels: int = 100,
+                 batch_norm: bool = True):
         super().__init__()
-        if image_size < 8 or image_size % 16:
-            raise ValueError(f"DCGANDiscriminator needs an image_size that is a multiple of 16, got {image_size}")
+        check_size(image_size, type(self).__name__)
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         size, ch = image_size // 2, width
         while size > 4:
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, inplace=True)]
+            norm = nn.BatchNorm2d(ch * 2) if batch_norm else nn.Identity()
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), norm, nn.LeakyReLU(0.2, inplace=True)]
             size, ch = size // 2, ch * 2
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Conv2d(ch, 1, 4, 1, 0, bias=False)
+        self.head = nn.Conv2d(ch, out_channels, 4, 1, 0, bias=False)
         self.apply(dcgan_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class DCGANDiscriminator(DCGANEncoder):
+    """The encoder with one output: `forward` returns (logits, f(x) flattened). The sigmoid lives in
+    BCE-with-logits for numerical stability."""
+
+    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64, batch_norm: bool = True):
+        super().__init__(image_size, channels, width, out_channels=1, batch_norm=batch_norm)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.features(x)
-        return self.classifier(features).flatten(), features.flatten(1)
+        return self.head(features).flatten(), features.flatten(1)
+
+
+class DCGANDecoder(nn.Module):
+    """z (N x latent x 1 x 1) -> image: ConvTranspose 4x4 + BatchNorm + ReLU up from 4x4, Tanh output."""
+
+    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64, latent: int = 100):
+        super().__init__()
+        check_size(image_size, type(self).__name__)
+        ch = width * image_size // 8  # mirrors the encoder: `width` channels at image_size / 2
+        layers: list[nn.Module] = [nn.ConvTranspose2d(latent, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+        size = 4
+        while size < image_size // 2:
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            size, ch = size * 2, ch // 2
+        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(dcgan_init)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
