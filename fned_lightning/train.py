@@ -13,24 +13,33 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fned_lightning.callbacks import PaperProtocol
+from fned_lightning.data import to_model_range
 from fned_lightning.errors import InputError
+from fned_lightning.figures import reconstruction_grid, roc_and_pr_curves, score_histogram
+from fned_lightning.module import PROTOCOLS
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning on newer torch: noise
 
 
 def train(cfg: DictConfig) -> dict:
+    if cfg.protocol not in PROTOCOLS:
+        raise InputError(f"unknown protocol={cfg.protocol}; choose one of: {', '.join(PROTOCOLS)}")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # read the data first: bad paths and images fail before any model is built
     model = instantiate(cfg.model)
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
+    paper = PaperProtocol() if cfg.protocol == "paper" else None
+    callbacks += [paper] if paper else []
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole run, not just the model
@@ -39,8 +48,14 @@ def train(cfg: DictConfig) -> dict:
         speed = throughput(trainer)
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics = run_summary(cfg, trainer, datamodule) | model.test_results["metrics"] | speed | throughput(trainer)
+        metrics["tested_epoch"] = paper.best_epoch if paper else trainer.current_epoch - 1  # 0-based
         if trainer.is_global_zero:
-            write_results(Path(cfg.output_dir), cfg, metrics, model, datamodule)
+            output_dir = Path(cfg.output_dir)
+            write_results(output_dir, cfg, metrics, model, datamodule)
+            figures = write_figures(output_dir, metrics, model, datamodule)
+            for logger in loggers:
+                if hasattr(logger, "log_image"):
+                    logger.log_image("figures", images=[str(p) for p in figures], caption=[p.stem for p in figures])
         return metrics
     finally:
         if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
@@ -92,6 +107,27 @@ def write_results(output_dir: Path, cfg: DictConfig, metrics: dict, model, datam
     log.info("results in %s: %s", output_dir, json.dumps(shown))
 
 
+def write_figures(output_dir: Path, metrics: dict, model, datamodule, per_class: int = 8) -> list[Path]:
+    """Score histogram, ROC/PR curves and reconstructions of test images, as PNG in figures/."""
+    results, folder = model.test_results, output_dir / "figures"
+    title = f"{metrics['model']} {metrics['anomaly_class'] or metrics['data']} (protocol={metrics['protocol']})"
+    paths = [
+        score_histogram(results["scores"], results["labels"], folder / "score_histogram.png", title, model.threshold),
+        roc_and_pr_curves(results["scores"], results["labels"], folder / "roc_pr.png", title),
+    ]
+    test = datamodule.test_set
+    picks = [(test.labels == label).nonzero().flatten() for label in (0, 1)]
+    count = min(per_class, *(len(p) for p in picks if len(p)))
+    model.train(model.protocol == "paper")  # as it was tested
+    with torch.inference_mode():
+        groups = []
+        for pick in (p[:count] for p in picks if len(p)):
+            x = to_model_range(test.images[pick].to(model.device))
+            groups.append((x, model(x)[1]))
+    paths.append(reconstruction_grid(groups, folder / "reconstructions.png"))
+    return [p for p in paths if p is not None]
+
+
 def input_error_in(error: BaseException) -> InputError | None:
     """The user mistake behind an error, also when Hydra's instantiate wrapped it."""
     while error is not None:
@@ -106,6 +142,7 @@ def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
     except Exception as error:
+        Path(cfg.output_dir, "failed.txt").write_text(f"{type(error).__name__}: {error}\n")  # for the report
         user_error = input_error_in(error)
         if user_error is None:
             raise

@@ -48,5 +48,24 @@ def parts_folder(tmp_path_factory) -> Path:
 def run_cli(*overrides: str, tmp_path: Path, module: str = "fned_lightning.train") -> subprocess.CompletedProcess:
     """The real command line, as a user runs it, writing into tmp_path/run."""
     env = os.environ | {"WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", module, f"hydra.run.dir={tmp_path / 'run'}", *overrides]
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m: before the overrides, which argparse wants together
+    rest = [o for o in overrides if not o.startswith("-")]
+    command = [sys.executable, "-m", module, *flags, f"hydra.run.dir={tmp_path / 'run'}", *rest]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def compose_config(*overrides: str):
+    """The real Hydra config, composed as the CLI would."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+TINY_MODELS = {  # every model config, a few channels wide
+    "fned": ["model=fned", "model.generator.width=4", "model.discriminator.width=8"],
+    "ganomaly": ["model=ganomaly", "model.generator.width=4", "model.discriminator.width=8", "model.generator.latent=8"],
+    "skip_ganomaly": ["model=skip_ganomaly", "model.generator.width=4", "model.discriminator.width=8"],
+    "fanogan": ["model=fanogan", "model.generator.width=4", "model.critic.width=4", "model.encoder.width=4",
+                "model.latent=8", "model.critic_steps=2"],
+}

@@ -4,6 +4,7 @@ import torch
 
 from fned_lightning import module
 from fned_lightning.data import SyntheticParts
+from fned_lightning.errors import InputError
 from fned_lightning.module import AnomalyGAN, constant_then_linear_decay
 from fned_lightning.networks.dcgan import dcgan_init
 
@@ -76,3 +77,51 @@ def test_eval_mode_scores_do_not_depend_on_the_batch():
         together = model(x)[0]
         alone = torch.cat([model(x[i : i + 1])[0] for i in range(6)])
     torch.testing.assert_close(together, alone)
+
+
+def fit_config_model(name: str, **trainer_args):
+    from hydra.utils import instantiate
+
+    from tests.conftest import TINY_MODELS, compose_config
+
+    cfg = compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name])
+    L.seed_everything(0)
+    model = instantiate(cfg.model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = fit(model, **trainer_args)
+    return model, trainer, changed_networks(model, before)
+
+
+def changed_networks(model, before: dict) -> set[str]:
+    return {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+
+
+@pytest.mark.parametrize("name", ["fned", "ganomaly", "skip_ganomaly"])
+def test_every_gan_config_trains_both_networks_and_scores_images(name):
+    model, trainer, changed = fit_config_model(name, max_steps=2, limit_val_batches=0)
+    assert changed == {"generator", "discriminator"}
+    m = trainer.callback_metrics
+    terms = {k.removeprefix("train/loss_"): v for k, v in m.items() if k.startswith("train/loss_") and k[-2:] not in ("_g", "_d")}
+    assert set(terms) == set(model.loss_weights)
+    torch.testing.assert_close(m["train/loss_g"], sum(model.loss_weights[k] * v for k, v in terms.items()))
+    scores, x_fake = model.eval()(torch.rand(3, 1, 16, 16) * 2 - 1)
+    assert scores.shape == (3,) and x_fake.shape == (3, 1, 16, 16) and torch.isfinite(scores).all()
+
+
+class SnapshotAfterFirstEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            self.weights = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+
+def test_fanogan_trains_the_gan_then_only_the_encoder():
+    snapshot = SnapshotAfterFirstEpoch()
+    model, _, changed = fit_config_model("fanogan", max_epochs=2, limit_val_batches=0, callbacks=[snapshot])
+    assert model.gan_epochs == 1
+    assert changed == {"generator", "critic", "encoder"}
+    assert changed_networks(model, snapshot.weights) == {"encoder"}  # epoch 2: G and D frozen
+
+
+def test_fanogan_refuses_a_single_epoch():
+    with pytest.raises(InputError, match="max_epochs >= 2"):
+        fit_config_model("fanogan", max_epochs=1)

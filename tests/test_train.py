@@ -32,6 +32,8 @@ def test_synthetic_run_writes_metrics_scores_config_and_checkpoint(tmp_path):
     assert len(rows) == 16 and {row["label"] for row in rows} == {"0", "1"}
     assert all(row["name"].startswith("synthetic/defect/") == (row["label"] == "1") for row in rows)
     assert (run / "config.yaml").exists() and (run / "csv" / "metrics.csv").exists()
+    for figure in ("score_histogram", "roc_pr", "reconstructions"):
+        assert (run / "figures" / f"{figure}.png").stat().st_size > 1000
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # plain data, no pickled classes
     assert checkpoint["state_dict"]["score_min"].item() == pytest.approx(metrics["score_min"])
     assert checkpoint["hyper_parameters"]["generator"]["width"] == 4  # rebuildable from the checkpoint alone
@@ -72,3 +74,31 @@ def test_user_mistakes_get_one_clear_message_and_no_traceback(tmp_path, override
     assert done.returncode == 2, output[-3000:]
     assert message in output
     assert "Traceback" not in output
+
+
+def test_paper_protocol_is_labelled_and_picks_an_epoch_on_test_labels(tmp_path):
+    done = run_cli(*TINY, *SYNTHETIC, "trainer.max_epochs=2", "protocol=paper", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run, metrics, _ = results(tmp_path)
+    assert metrics["protocol"] == "paper" and metrics["normalisation"] == "test_minmax"
+    assert metrics["f1"] == metrics["f1_test_minmax"]
+    assert metrics["tested_epoch"] in (0, 1)
+    logged = (run / "csv" / "metrics.csv").read_text()
+    assert "paper/test_auroc" in logged
+
+
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_a_failing_sweep_job_keeps_the_others_results(tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    done = run_cli("-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}", *TINY, *SYNTHETIC,
+                   "trainer.max_epochs=1", "data.image_size=40,16", tmp_path=tmp_path)
+    assert done.returncode != 0  # the sweep reports the failure at its end
+    (failed,) = sweep.glob("0_*")
+    (finished,) = sweep.glob("1_*")
+    assert "not a multiple of 16" in (failed / "failed.txt").read_text()
+    assert json.loads((finished / "metrics.json").read_text())["image_size"] == 16
+
+
+def test_unknown_protocol_is_refused(tmp_path):
+    done = run_cli(*TINY, *SYNTHETIC, "protocol=best", tmp_path=tmp_path)
+    assert done.returncode == 2 and "choose one of: honest, paper" in done.stdout + done.stderr

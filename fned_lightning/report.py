@@ -1,0 +1,225 @@
+"""`python -m fned_lightning.report <runs dir> [...]`: the paper's tables and bar charts from runs.
+
+Reads every `metrics.json` below the given folders (a multirun, several, or single runs):
+Table 1 (AUROC) and Table 2 (AUPRC) for CIFAR-10, rows = models, columns = the ten classes and
+their average, mean ± standard deviation over seeds; Table 3 for image-folder data sets (AUROC,
+AUPRC, F1, recall, precision). Runs that started but wrote no metrics.json count as failed and
+show so, never as zeros. Writes tables.md, table*.csv and auroc_bars.png / auprc_bars.png.
+"""
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from omegaconf import OmegaConf
+
+from fned_lightning.data import CIFAR10_CLASSES
+
+MODELS = {"fanogan": "f-AnoGAN", "ganomaly": "GANomaly", "skip_ganomaly": "Skip-GANomaly", "fned": "FNED"}  # the paper's order
+SHORT_NAMES = {"airplane": "plane", "automobile": "car"}
+FOLDER_METRICS = ("auroc", "auprc", "f1", "recall", "precision")
+PAPER = {  # as printed in the paper (its own protocol), for comparison only
+    "auroc": {
+        "f-AnoGAN": [.529, .731, .389, .482, .365, .517, .431, .603, .484, .697, .523],
+        "GANomaly": [.966, .691, .561, .637, .745, .722, .915, .632, .919, .711, .750],
+        "Skip-GANomaly": [.997, .869, .661, .747, .927, .749, .974, .663, .968, .872, .843],
+        "FNED": [.999, .947, .874, .877, .973, .839, .995, .864, .998, .901, .927],
+    },
+    "auprc": {
+        "GANomaly": [.929, .516, .492, .525, .666, .604, .853, .501, .821, .525, .643],
+        "Skip-GANomaly": [.997, .770, .558, .635, .911, .606, .961, .494, .943, .803, .768],
+        "FNED": [.999, .912, .818, .825, .963, .707, .993, .775, .998, .836, .883],
+    },
+    "folder": {  # the paper's railway fastener set (not public): AUROC, AUPRC, F1, recall, precision
+        "GANomaly": [.892, .887, .764, .682, .870],
+        "Skip-GANomaly": [.873, .828, .775, .831, .733],
+        "FNED": [.987, .967, .983, 1.000, .967],
+    },
+}
+
+
+def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
+    """(metrics of finished runs, descriptions of runs that started but wrote no metrics.json)."""
+    finished, failed = [], []
+    for root in roots:
+        for hydra_dir in sorted(root.rglob(".hydra")):
+            run = hydra_dir.parent
+            if (run / "metrics.json").exists():
+                finished.append(json.loads((run / "metrics.json").read_text()) | {"run": str(run)})
+                continue
+            config = OmegaConf.load(hydra_dir / "config.yaml")
+            choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
+            failed.append({"run": str(run), "model": choices.get("model"), "data": choices.get("data"),
+                           "anomaly_class": config.get("anomaly_class"), "protocol": config.get("protocol"),
+                           "data_root": config.get("data", {}).get("root")})
+    return finished, failed
+
+
+def row_name(run: dict) -> str:
+    name = MODELS.get(run["model"], run["model"])
+    return name if run.get("protocol", "honest") == "honest" else f"{name} [protocol={run['protocol']}]"
+
+
+def summarise(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
+
+
+def model_rank(name: str) -> tuple[int, str]:
+    """The paper's row order; protocol variants after their model."""
+    return list(MODELS.values()).index(name.split(" [")[0]) if name.split(" [")[0] in MODELS.values() else 99, name
+
+
+def ordered_rows(names) -> list[str]:
+    return sorted(names, key=model_rank)
+
+
+def cifar_table(finished, failed, metric: str) -> tuple[list[str], list[list[str]], dict]:
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in finished:
+        if run["data"] == "cifar10":
+            values[row_name(run)][run["anomaly_class"]].append(run[metric])
+    failures = defaultdict(set)
+    for run in failed:
+        if run["data"] == "cifar10":
+            failures[row_name(run)].add(run["anomaly_class"])
+    header = ["model"] + [SHORT_NAMES.get(c, c) for c in CIFAR10_CLASSES] + ["avg"]
+    rows, means = [], {}
+    for name in ordered_rows(set(values) | set(failures)):
+        cells, class_means = [name], []
+        for c in CIFAR10_CLASSES:
+            runs = values[name].get(c, [])
+            cells.append(summarise(runs) if runs else ("failed" if c in failures[name] else "—"))
+            if runs and not all(math.isnan(v) for v in runs):
+                class_means.append(statistics.mean(v for v in runs if not math.isnan(v)))
+        complete = len(class_means) == len(CIFAR10_CLASSES)
+        average = statistics.mean(class_means) if class_means else None
+        cells.append("—" if average is None else f"{average:.3f}" + ("" if complete else f" ({len(class_means)}/10 classes)"))
+        rows.append(cells)
+        means[name] = {c: statistics.mean(values[name][c]) for c in CIFAR10_CLASSES if values[name].get(c)}
+    return header, rows, means
+
+
+def folder_table(finished, failed) -> tuple[list[str], list[list[str]]]:
+    values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in finished:
+        if run["data"] != "cifar10":
+            key = (Path(run.get("data_root") or run["data"]).name, row_name(run))
+            for metric in FOLDER_METRICS:
+                values[key][metric].append(run[metric])
+    for run in failed:
+        if run["data"] != "cifar10":
+            values.setdefault((Path(run.get("data_root") or run["data"]).name, row_name(run)), defaultdict(list))
+    header = ["data set", "model", "AUROC", "AUPRC", "F1", "recall", "precision"]  # FOLDER_METRICS, in order
+    rows = []
+    for data_set, name in sorted(values, key=lambda key: (key[0], model_rank(key[1]))):
+        cells = values[(data_set, name)]
+        rows.append([data_set, name, *(summarise(cells[m]) if cells[m] else "failed" for m in FOLDER_METRICS)])
+    return header, rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def paper_rows(metric: str) -> list[list[str]]:
+    return [[f"{name} (paper, its protocol)", *(f"{v:.3f}" for v in values)] for name, values in PAPER[metric].items()]
+
+
+def bar_chart(means: dict[str, dict[str, float]], metric: str, path: Path) -> Path | None:
+    """Per-class bars for every model (paper Figs. 4-5)."""
+    if not means:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(means)
+    for i, (name, per_class) in enumerate(means.items()):
+        xs = [k + i * width for k, c in enumerate(CIFAR10_CLASSES) if c in per_class]
+        ax.bar(xs, [per_class[c] for c in CIFAR10_CLASSES if c in per_class], width, label=name)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(CIFAR10_CLASSES))], [SHORT_NAMES.get(c, c) for c in CIFAR10_CLASSES])
+    ax.set(ylabel=metric.upper(), ylim=(0, 1), title=f"CIFAR-10 {metric.upper()} per anomaly class")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with open(path, "w", newline="") as file:
+        csv.writer(file).writerows([header, *rows])
+
+
+def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
+    finished, failed = collect(roots)
+    if not finished and not failed:
+        raise SystemExit(f"no runs under {', '.join(map(str, roots))}: expected folders with .hydra/ and metrics.json")
+    out.mkdir(parents=True, exist_ok=True)
+    sections, figures, tables = [], [], {}
+    protocols = sorted({run.get("protocol", "honest") for run in finished})
+    sections.append(f"Runs: {len(finished)} finished, {len(failed)} failed; protocols: {', '.join(protocols) or '—'}. "
+                    "Rows marked [protocol=paper] choose the epoch on test labels: optimistic by construction.")
+    for number, metric in ((1, "auroc"), (2, "auprc")):
+        header, rows, means = cifar_table(finished, failed, metric)
+        if not rows:
+            continue
+        write_csv(out / f"table{number}_{metric}.csv", header, rows)
+        tables[f"table{number}_{metric}"] = (header, rows)
+        sections.append(f"### Table {number}: CIFAR-10 {metric.upper()}, anomaly class given\n\n"
+                        + markdown(header, rows + paper_rows(metric)))
+        figures.append(bar_chart(means, metric, out / f"{metric}_bars.png"))
+    header, rows = folder_table(finished, failed)
+    if rows:
+        write_csv(out / "table3_folder.csv", header, rows)
+        tables["table3_folder"] = (header, rows)
+        reference = [["(paper's fasteners)", f"{name} (paper, its protocol)", *(f"{v:.3f}" for v in values)]
+                     for name, values in PAPER["folder"].items()]
+        sections.append("### Table 3: image-folder data sets\n\n" + markdown(header, rows + reference))
+    if failed:
+        sections.append("Failed runs (no metrics.json):\n\n" + "\n".join(f"- {run['run']}" for run in failed))
+    text = "\n\n".join(sections) + "\n"
+    (out / "tables.md").write_text(text)
+    if wandb_mode != "off":
+        log_to_wandb(tables, [f for f in figures if f], out, wandb_mode)
+    return text
+
+
+def log_to_wandb(tables: dict, figures: list[Path], out: Path, mode: str) -> None:
+    import wandb
+
+    run = wandb.init(project="fned_lightning", job_type="report", dir=str(out), mode=mode)
+    try:
+        for name, (header, rows) in tables.items():
+            run.log({name: wandb.Table(columns=header, data=rows)})
+        for figure in figures:
+            run.log({figure.stem: wandb.Image(str(figure))})
+    finally:
+        run.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="multirun or run folders to collect metrics.json from")
+    parser.add_argument("--out", type=Path, help="where to write the tables (default: <first folder>/report)")
+    parser.add_argument("--wandb", choices=("offline", "online", "off"), default="offline", help="log the tables to W&B")
+    args = parser.parse_args(argv)
+    for root in args.runs:
+        if not root.is_dir():
+            parser.error(f"no such folder: {root}")
+    print(report(args.runs, args.out or args.runs[0] / "report", args.wandb))
+
+
+if __name__ == "__main__":
+    main()

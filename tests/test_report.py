@@ -1,0 +1,53 @@
+import csv
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from fned_lightning.report import main as report_main
+
+
+def fake_run(root, name, metrics=None, model="fned", data="cifar10", anomaly_class="horse", protocol="honest"):
+    """A run folder as train.py leaves it: .hydra/ always, metrics.json only when it finished."""
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"anomaly_class": anomaly_class, "protocol": protocol, "data": {"root": f"/d/{data}"}}, run / ".hydra/config.yaml")
+    OmegaConf.save({"hydra": {"runtime": {"choices": {"model": model, "data": data}}}}, run / ".hydra/hydra.yaml")
+    if metrics is not None:
+        base = {"model": model, "data": data, "anomaly_class": anomaly_class, "protocol": protocol, "data_root": f"/d/{data}"}
+        (run / "metrics.json").write_text(json.dumps(base | metrics))
+
+
+def scores(auroc, auprc=0.5, f1=0.6, recall=0.7, precision=0.8):
+    return {"auroc": auroc, "auprc": auprc, "f1": f1, "recall": recall, "precision": precision}
+
+
+def test_tables_average_seeds_and_show_missing_and_failed_runs(tmp_path, capsys):
+    runs = tmp_path / "multirun"
+    fake_run(runs, "0", scores(0.8, auprc=0.6))
+    fake_run(runs, "1", scores(0.9, auprc=0.7))  # a second seed of the same cell
+    fake_run(runs, "2", scores(0.5), anomaly_class="airplane", model="ganomaly")
+    fake_run(runs, "3", None, anomaly_class="cat", model="ganomaly")  # started, never finished
+    fake_run(runs, "4", scores(0.95), protocol="paper")
+    fake_run(runs, "5", scores(0.7, auprc=0.9), data="folder", anomaly_class=None, model="skip_ganomaly")
+    report_main([str(runs), "--wandb", "off"])
+    out = runs / "report"
+    with open(out / "table1_auroc.csv") as file:
+        rows = {row["model"]: row for row in csv.DictReader(file)}
+    assert set(rows) == {"GANomaly", "FNED", "FNED [protocol=paper]"}
+    assert rows["FNED"]["horse"] == "0.850 ± 0.071 (n=2)"
+    assert rows["FNED"]["plane"] == "—"
+    assert rows["FNED"]["avg"] == "0.850 (1/10 classes)"
+    assert rows["GANomaly"]["plane"] == "0.500" and rows["GANomaly"]["cat"] == "failed"
+    assert rows["FNED [protocol=paper]"]["horse"] == "0.950"
+    with open(out / "table3_folder.csv") as file:
+        (folder_row,) = list(csv.DictReader(file))
+    assert folder_row["model"] == "Skip-GANomaly" and folder_row["AUPRC"] == "0.900" and folder_row["data set"] == "folder"
+    text = capsys.readouterr().out
+    assert "Table 1" in text and "FNED (paper, its protocol)" in text and "5 finished, 1 failed" in text
+    assert (out / "auroc_bars.png").stat().st_size > 0 and (out / "tables.md").exists()
+
+
+def test_empty_folder_is_reported(tmp_path):
+    with pytest.raises(SystemExit, match="no runs under"):
+        report_main([str(tmp_path), "--wandb", "off"])
