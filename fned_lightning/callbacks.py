@@ -59,6 +59,13 @@ class PaperProtocol(L.Callback):
             self.best_auroc, self.best_epoch = auroc, trainer.current_epoch
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
 
+    def state_dict(self) -> dict:  # in the checkpoint, so a resumed run keeps the selection so far
+        return {"best_auroc": self.best_auroc, "best_epoch": self.best_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_auroc, self.best_epoch, self.best_state = (
+            state_dict["best_auroc"], state_dict["best_epoch"], state_dict["best_state"])
+
     def on_fit_end(self, trainer, pl_module):
         if self.best_state is not None:
             pl_module.load_state_dict(self.best_state)

@@ -9,7 +9,6 @@ draws from both classes.
 import hashlib
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -310,7 +309,7 @@ class ImageFolderAnomaly(AnomalyDataModule):
         defect_dirs = sorted(p for p in (self.root / "test").iterdir() if p.is_dir() and p.name != self.normal_dir)
         abnormal_paths = [p for d in defect_dirs for p in list_images(d, layout)]
         if not abnormal_paths:
-            warnings.warn(f"no abnormal test images under {self.root / 'test'}: AUROC/AUPRC will be undefined", stacklevel=2)
+            log.warning("no abnormal test images under %s: AUROC/AUPRC will be undefined (null)", self.root / "test")
         train = load_images(train_paths, self.channels, self.image_size)
         images, labels = _labelled(
             load_images(normal_paths, self.channels, self.image_size),

@@ -29,18 +29,23 @@ def constant_then_linear_decay(epoch: int, total_epochs: int, decay_epochs: int)
 class AnomalyDetector(L.LightningModule):
     """Evaluation shared by every model; subclasses give `forward(x) -> (scores, x_fake)` and training.
 
-    `score_min` / `score_max` are fitted on the normal validation split after each validation run
-    and saved in the checkpoint, so a deployed model normalises one image at a time.
-    protocol="paper" tests with BatchNorm in training mode, as the anchors' code did.
+    After each validation run, on the normal validation split, it fits and keeps in the checkpoint
+    `score_min` / `score_max` (the min-max normalisation, so a deployed model normalises one image
+    at a time) and `score_threshold`, the raw score that a `false_positive_rate` share of normal
+    validation images exceed (the calibrated threshold, beside the paper's fixed `threshold` on
+    normalised scores). protocol="paper" tests with BatchNorm in training mode, as the anchors did.
     """
 
-    def __init__(self, threshold: float = 0.2, protocol: str = "honest"):
+    def __init__(self, threshold: float = 0.2, protocol: str = "honest", false_positive_rate: float = 0.05):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise InputError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
-        self.threshold, self.protocol = threshold, protocol
+        if not 0 < false_positive_rate < 1:
+            raise InputError(f"model.false_positive_rate must be in (0, 1), got {false_positive_rate}")
+        self.threshold, self.protocol, self.false_positive_rate = threshold, protocol, false_positive_rate
         self.register_buffer("score_min", torch.tensor(float("nan")))
         self.register_buffer("score_max", torch.tensor(float("nan")))
+        self.register_buffer("score_threshold", torch.tensor(float("nan")))
         self._val_scores: list[torch.Tensor] = []
         self._test_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.test_results: dict | None = None
@@ -62,7 +67,18 @@ class AnomalyDetector(L.LightningModule):
         self._val_scores.clear()
         self.score_min.fill_(scores.min())
         self.score_max.fill_(scores.max())
-        self.log_dict({"val/score_mean": scores.mean(), "val/score_min": scores.min(), "val/score_max": scores.max()})
+        self.score_threshold.fill_(torch.quantile(scores.float(), 1 - self.false_positive_rate))
+        self.log_dict({"val/score_mean": scores.mean(), "val/score_min": scores.min(), "val/score_max": scores.max(),
+                       "val/score_threshold": self.score_threshold})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """What `predict` and `export` need besides the weights: the class, and the images it expects."""
+        datamodule = self.trainer.datamodule
+        checkpoint["fned_lightning"] = {
+            "model_target": f"{type(self).__module__}.{type(self).__qualname__}",
+            "image_size": datamodule.image_size,
+            "channels": datamodule.channels,
+        }
 
     def on_test_epoch_start(self) -> None:
         if self.protocol == "paper":
@@ -75,9 +91,12 @@ class AnomalyDetector(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         scores, labels, index = (self.all_gather(torch.cat(parts)).flatten() for parts in zip(*self._test_batches))
         self._test_batches.clear()
-        honest_range = self.protocol == "honest" and not torch.isnan(self.score_min)
-        fitted = (self.score_min.item(), self.score_max.item()) if honest_range else None
-        metrics = evaluate(scores, labels, self.threshold, fitted)
+        fitted = self.protocol == "honest" and not torch.isnan(self.score_min)
+        metrics = evaluate(
+            scores, labels, self.threshold,
+            fitted_range=(self.score_min.item(), self.score_max.item()) if fitted else None,
+            calibrated_threshold=self.score_threshold.item() if fitted else None,
+        )
         self.log_dict({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)})
         self.test_results = {"metrics": metrics, "scores": scores.cpu(), "labels": labels.cpu(), "index": index.cpu()}
 
@@ -100,8 +119,9 @@ class AnomalyGAN(AnomalyDetector):
         threshold: float = 0.2,
         d_collapse_loss: float = 1e-5,
         protocol: str = "honest",
+        false_positive_rate: float = 0.05,
     ):
-        super().__init__(threshold, protocol)
+        super().__init__(threshold, protocol, false_positive_rate)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.loss_weights = loss_weights or {"adv": 1.0, "con": 20.0, "lat": 1.0}
@@ -229,8 +249,9 @@ class FAnoGAN(AnomalyDetector):
         encoder_fraction: float = 0.5,
         threshold: float = 0.2,
         protocol: str = "honest",
+        false_positive_rate: float = 0.05,
     ):
-        super().__init__(threshold, protocol)
+        super().__init__(threshold, protocol, false_positive_rate)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator = instantiate(generator)

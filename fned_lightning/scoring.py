@@ -72,13 +72,15 @@ def evaluate(
     labels: torch.Tensor,
     threshold: float,
     fitted_range: tuple[float, float] | None,
+    calibrated_threshold: float | None = None,
 ) -> dict[str, float | None]:
     """All test metrics: AUROC/AUPRC, and F1/P/R at `threshold` under both normalisations.
 
     `fitted_range` is (min, max) of the scores of normal validation images (the honest,
     deployable normalisation); the paper's min-max over the test set itself is always reported
     too, under `*_test_minmax`. The unsuffixed f1/precision/recall are the validation-fitted
-    ones when a range was fitted.
+    ones when a range was fitted. `calibrated_threshold`, a raw score fitted on normal
+    validation images, adds `*_calibrated`.
     """
     scores, labels = scores.float().cpu(), labels.long().cpu()
     metrics: dict[str, float | None] = {"n_scored": len(scores), "n_scored_abnormal": int(labels.sum())}
@@ -92,4 +94,7 @@ def evaluate(
         val_minmax = detection_metrics(min_max_normalise(scores, *fitted_range), labels, threshold)
         metrics |= {f"{name}_val_minmax": value for name, value in val_minmax.items()}
         metrics |= {"normalisation": "val_minmax", **val_minmax}
+    if calibrated_threshold is not None:
+        calibrated = detection_metrics(scores, labels, calibrated_threshold)
+        metrics |= {f"{name}_calibrated": value for name, value in calibrated.items()}
     return metrics

@@ -7,6 +7,7 @@ checkpoints/last.ckpt, plus the loggers' files (CSV, W&B offline run).
 import csv
 import json
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fned_lightning.callbacks import PaperProtocol
 from fned_lightning.data import to_model_range
-from fned_lightning.errors import InputError
+from fned_lightning.errors import InputError, input_error_in
 from fned_lightning.figures import reconstruction_grid, roc_and_pr_curves, score_histogram
 from fned_lightning.module import PROTOCOLS
 
@@ -32,6 +33,11 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 def train(cfg: DictConfig) -> dict:
     if cfg.protocol not in PROTOCOLS:
         raise InputError(f"unknown protocol={cfg.protocol}; choose one of: {', '.join(PROTOCOLS)}")
+    output_dir = Path(cfg.output_dir)
+    if (output_dir / "metrics.json").exists():  # a rerun (or Slurm requeue) of a finished run: results stay as written
+        log.info("this run has finished already; its results are in %s", output_dir)
+        return json.loads((output_dir / "metrics.json").read_text())
+    ckpt_path = resume_from(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # read the data first: bad paths and images fail before any model is built
@@ -44,13 +50,12 @@ def train(cfg: DictConfig) -> dict:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole run, not just the model
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         speed = throughput(trainer)
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics = run_summary(cfg, trainer, datamodule) | model.test_results["metrics"] | speed | throughput(trainer)
         metrics["tested_epoch"] = paper.best_epoch if paper else trainer.current_epoch - 1  # 0-based
         if trainer.is_global_zero:
-            output_dir = Path(cfg.output_dir)
             write_results(output_dir, cfg, metrics, model, datamodule)
             figures = write_figures(output_dir, metrics, model, datamodule)
             for logger in loggers:
@@ -62,6 +67,20 @@ def train(cfg: DictConfig) -> dict:
             import wandb
 
             wandb.finish()  # each multirun job is its own W&B run
+
+
+def resume_from(cfg: DictConfig) -> str | None:
+    """`ckpt_path` if given, else this run folder's own last checkpoint: a killed run rerun with the
+    same command and run folder (always so for a multirun job) carries on where it stopped."""
+    if cfg.ckpt_path is not None:
+        if not Path(cfg.ckpt_path).is_file():
+            raise InputError(f"no checkpoint at ckpt_path={cfg.ckpt_path}; give a run's checkpoints/last.ckpt")
+        return str(cfg.ckpt_path)
+    last = Path(cfg.output_dir, "checkpoints", "last.ckpt")
+    if last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    return None
 
 
 def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule) -> dict:
@@ -86,22 +105,28 @@ def throughput(trainer: L.Trainer) -> dict[str, float]:
 
 def write_results(output_dir: Path, cfg: DictConfig, metrics: dict, model, datamodule) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    metrics |= {"threshold": model.hparams.threshold, "score_min": model.score_min.item(), "score_max": model.score_max.item()}
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+    metrics |= {"threshold": model.threshold, "false_positive_rate": model.false_positive_rate,
+                "score_min": model.score_min.item(), "score_max": model.score_max.item(),
+                "score_threshold": model.score_threshold.item()}
+    undefined = {k: None for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)}  # strict JSON: null
+    (output_dir / "metrics.json").write_text(json.dumps(metrics | undefined, indent=2) + "\n")
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     results = model.test_results
     scores, labels = results["scores"], results["labels"]
-    normalised = model.normalise(scores) if metrics["normalisation"] == "val_minmax" else None
     test_minmax = (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-12)
+    fitted = metrics["normalisation"] == "val_minmax"
+    normalised = model.normalise(scores) if fitted else None
+    paper_decision = (normalised if fitted else test_minmax) > model.threshold
+    calibrated_decision = scores > model.score_threshold.item() if fitted else None
     with open(output_dir / "scores.csv", "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["name", "label", "score", "score_val_minmax", "score_test_minmax", "decision"])
-        decisions = (normalised if normalised is not None else test_minmax) > model.hparams.threshold
+        writer.writerow(["name", "label", "score", "score_val_minmax", "score_test_minmax", "abnormal_at_threshold",
+                         "abnormal_calibrated"])
         for i, index in enumerate(results["index"].tolist()):
             writer.writerow([
                 datamodule.test_names[index], int(labels[i]), f"{scores[i].item():.6g}",
-                "" if normalised is None else f"{normalised[i].item():.6g}", f"{test_minmax[i].item():.6g}",
-                "abnormal" if decisions[i] else "normal",
+                f"{normalised[i].item():.6g}" if fitted else "", f"{test_minmax[i].item():.6g}",
+                int(paper_decision[i]), int(calibrated_decision[i]) if fitted else "",
             ])
     shown = {k: metrics[k] for k in ("protocol", "model", "anomaly_class", "auroc", "auprc", "f1", "precision", "recall")}
     log.info("results in %s: %s", output_dir, json.dumps(shown))
@@ -126,15 +151,6 @@ def write_figures(output_dir: Path, metrics: dict, model, datamodule, per_class:
             groups.append((x, model(x)[1]))
     paths.append(reconstruction_grid(groups, folder / "reconstructions.png"))
     return [p for p in paths if p is not None]
-
-
-def input_error_in(error: BaseException) -> InputError | None:
-    """The user mistake behind an error, also when Hydra's instantiate wrapped it."""
-    while error is not None:
-        if isinstance(error, InputError):
-            return error
-        error = error.__cause__
-    return None
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -102,3 +102,50 @@ def test_a_failing_sweep_job_keeps_the_others_results(tmp_path, launcher):
 def test_unknown_protocol_is_refused(tmp_path):
     done = run_cli(*TINY, *SYNTHETIC, "protocol=best", tmp_path=tmp_path)
     assert done.returncode == 2 and "choose one of: honest, paper" in done.stdout + done.stderr
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_command(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [*TINY, *SYNTHETIC, "data.image_size=16", "trainer.max_epochs=12"]
+    command = [sys.executable, "-m", "fned_lightning.train", f"hydra.run.dir={tmp_path / 'run'}", *args]
+    env = os.environ | {"WANDB_MODE": "disabled"}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)  # no goodbye: as a node failure or an out-of-memory kill would
+    first.wait()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    stopped_at = torch.load(last, weights_only=True)["epoch"]
+    assert stopped_at < 12
+
+    done = run_cli(*args, tmp_path=tmp_path)  # the same command, the same run folder
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from" in done.stdout + done.stderr
+    _, metrics, _ = results(tmp_path)
+    assert metrics["epochs"] == 12
+    written = (tmp_path / "run" / "metrics.json").stat().st_mtime
+
+    again = run_cli(*args, tmp_path=tmp_path)  # finished: nothing is trained or written again
+    assert again.returncode == 0 and "finished already" in again.stdout + again.stderr
+    assert (tmp_path / "run" / "metrics.json").stat().st_mtime == written
+
+
+def test_a_test_folder_without_abnormal_images_reports_undefined_auroc(tmp_path, parts_folder):
+    import shutil
+
+    root = tmp_path / "parts"
+    shutil.copytree(parts_folder / "train", root / "train")
+    shutil.copytree(parts_folder / "test" / "good", root / "test" / "good")
+    done = run_cli(*TINY, "data=folder", f"data.root={root}", "data.channels=1", "data.image_size=16",
+                   "data.batch_size=4", "trainer.max_epochs=1", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "AUROC/AUPRC will be undefined" in done.stdout + done.stderr
+    _, metrics, _ = results(tmp_path)
+    assert metrics["auroc"] is None and metrics["n_test_abnormal"] == 0

@@ -57,7 +57,7 @@ class FNEDGenerator(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(widths[0], channels, 1), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] % 2**DEPTH or x.shape[-2] % 2**DEPTH:
+        if not torch.jit.is_tracing() and (x.shape[-1] % 2**DEPTH or x.shape[-2] % 2**DEPTH):
             raise InputError(
                 f"FNED needs image sides that are multiples of {2**DEPTH}, got {tuple(x.shape[-2:])}; "
                 f"set data.image_size to one (32, 64, 128, 256)"

@@ -1,0 +1,81 @@
+"""`python -m fned_lightning.export ckpt_path=... format=onnx|pt2`
+
+Writes a model that maps a batch of images, float N x C x S x S in [0, 1], to
+(score: N, heatmap: N x S x S): the score normalised with the validation-fitted range, the
+heatmap the residual |x - x_fake| averaged over channels. A JSON file beside it gives the image
+size, channels and both decision thresholds on that score.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from fned_lightning.errors import InputError, exit_on_input_error
+from fned_lightning.predict import decision_rule, load_detector
+
+log = logging.getLogger(__name__)
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}  # pt2: torch.export's program (TorchScript is deprecated)
+
+
+class ScoreAndHeatmap(nn.Module):
+    """images in [0, 1] -> (normalised anomaly score, residual heatmap)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.register_buffer("low", model.score_min.clone())
+        self.register_buffer("span", (model.score_max - model.score_min).clamp_min(1e-12))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images * 2 - 1
+        scores, x_fake = self.model(x)
+        return (scores - self.low) / self.span, (x - x_fake).abs().mean(1)
+
+
+def export(cfg: DictConfig) -> Path:
+    if cfg.format not in FORMATS:
+        raise InputError(f"unknown format={cfg.format}; choose one of: {', '.join(FORMATS)}")
+    model, info = load_detector(cfg.ckpt_path)
+    low, span = model.score_min.item(), model.score_max.item() - model.score_min.item()
+    thresholds = {rule: (decision_rule(model, rule)[0] - low) / span for rule in ("calibrated", "paper")}
+    wrapper = ScoreAndHeatmap(model).eval()
+    example = torch.rand(2, info["channels"], info["image_size"], info["image_size"])
+    ckpt = Path(cfg.ckpt_path).expanduser()
+    output = Path(cfg.output).expanduser() if cfg.output else ckpt.with_name(ckpt.stem + FORMATS[cfg.format])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        if cfg.format == "onnx":
+            torch.onnx.export(
+                wrapper, (example,), str(output), input_names=["images"], output_names=["score", "heatmap"],
+                dynamic_axes={"images": {0: "batch"}, "score": {0: "batch"}, "heatmap": {0: "batch"}},
+                opset_version=cfg.opset, dynamo=False,
+            )
+        else:
+            batch = torch.export.Dim("batch", min=1)
+            torch.export.save(torch.export.export(wrapper, (example,), dynamic_shapes=({0: batch},)), str(output))
+    sidecar = {
+        "input": f"float images in [0, 1], N x {info['channels']} x {info['image_size']} x {info['image_size']}",
+        "outputs": {"score": "anomaly score, min-max normalised with the normal validation range",
+                    "heatmap": "|x - x_fake| averaged over channels, images in [-1, 1]"},
+        "image_size": info["image_size"], "channels": info["channels"], "model": info["model_target"].rsplit(".", 1)[-1],
+        "thresholds": {"calibrated": thresholds["calibrated"], "paper": thresholds["paper"]},
+        "false_positive_rate": model.false_positive_rate,
+    }
+    output.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    log.info("wrote %s (and %s)", output, output.with_suffix(".json").name)
+    return output
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@exit_on_input_error
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Scoring new images with a trained checkpoint, exporting it, and the inputs users get wrong."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fned_lightning.data import draw_parts
+from fned_lightning.errors import InputError
+from fned_lightning.export import ScoreAndHeatmap, export
+from fned_lightning.predict import load_detector, predict
+from tests.conftest import TINY, run_cli
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A tiny FNED trained for 2 epochs on synthetic 16x16 grey parts."""
+    tmp_path = tmp_path_factory.mktemp("trained")
+    done = run_cli(*TINY, "data=synthetic", "data.image_size=16", "data.n_train=64", "data.n_test_normal=8",
+                   "data.n_test_abnormal=8", "data.batch_size=16", "trainer.max_epochs=2", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp_path / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def parts(tmp_path_factory):
+    """Images as they come: grey, RGBA, 16-bit, palette, of mixed sizes, in subfolders, plus junk."""
+    root = tmp_path_factory.mktemp("new_parts")
+    images = draw_parts(6, 48, 1, torch.Generator().manual_seed(1), defective=True)[:, 0].numpy()
+    (root / "line1").mkdir()
+    Image.fromarray(images[0]).save(root / "line1" / "grey.png")
+    Image.fromarray(images[1]).convert("RGBA").save(root / "line1" / "rgba.png")
+    Image.fromarray(images[2].astype(np.uint16) * 257).save(root / "line1" / "sixteen_bit.png")
+    Image.fromarray(images[3]).convert("P").save(root / "palette.png")
+    Image.fromarray(images[4]).resize((40, 24)).save(root / "small.jpg")
+    (root / "truncated.png").write_bytes((root / "palette.png").read_bytes()[:40])
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def predict_config(checkpoint, input, output, *overrides):
+    return compose_config_named("predict", f"ckpt_path={checkpoint}", f"input={input}", f"output={output}", *overrides)
+
+
+def compose_config_named(name, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def read_rows(output):
+    with open(output / "predictions.csv") as file:
+        return {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(file)}
+
+
+def test_predict_scores_every_readable_image_and_skips_the_rest(checkpoint, parts, tmp_path):
+    summary = predict(predict_config(checkpoint, parts, tmp_path / "out", "batch_size=2"))
+    rows = read_rows(tmp_path / "out")
+    readable = {"grey.png", "rgba.png", "sixteen_bit.png", "palette.png", "small.jpg"}
+    assert set(rows) == readable | {"truncated.png"}
+    assert all(rows[name]["decision"] in ("normal", "abnormal") for name in readable)
+    assert rows["truncated.png"]["decision"].startswith("unreadable: cannot read image")
+    assert (summary["n_scored"], summary["n_skipped"], summary["decision"]) == (5, 1, "calibrated")
+    assert len(list((tmp_path / "out" / "heatmaps").glob("*.png"))) == 5
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text())["n_abnormal"] == summary["n_abnormal"]
+
+
+def test_an_image_gets_the_same_score_alone_or_in_a_batch(checkpoint, parts, tmp_path):
+    predict(predict_config(checkpoint, parts, tmp_path / "batch", "batch_size=8", "heatmaps=false"))
+    predict(predict_config(checkpoint, parts / "line1" / "rgba.png", tmp_path / "alone", "heatmaps=false"))
+    batch, alone = read_rows(tmp_path / "batch")["rgba.png"], read_rows(tmp_path / "alone")["rgba.png"]
+    assert float(alone["score"]) == pytest.approx(float(batch["score"]), rel=1e-5)
+    assert alone["decision"] == batch["decision"]
+
+
+def test_both_decision_rules_use_the_thresholds_in_the_checkpoint(checkpoint, parts, tmp_path):
+    model, _ = load_detector(checkpoint)
+    for decision in ("calibrated", "paper"):
+        predict(predict_config(checkpoint, parts, tmp_path / decision, f"decision={decision}", "heatmaps=false"))
+        for row in read_rows(tmp_path / decision).values():
+            if row["score"]:
+                score, normalised = float(row["score"]), float(row["normalised_score"])
+                expected = score > model.score_threshold.item() if decision == "calibrated" else normalised > model.threshold
+                assert (row["decision"] == "abnormal") == expected
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["image_size=32"], "trained on 16x16 images, not image_size=32"),
+        (["decision=strict"], "choose one of: calibrated, paper"),
+        (["input=/nonexistent/*.png"], "no images found at input=/nonexistent/*.png"),
+    ],
+)
+def test_predict_mistakes_get_one_clear_message(checkpoint, parts, tmp_path, overrides, message):
+    done = run_cli(f"ckpt_path={checkpoint}", f"input={parts}", f"output={tmp_path / 'out'}", *overrides,
+                   tmp_path=tmp_path, module="fned_lightning.predict")
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and message in output and "Traceback" not in output, output[-2000:]
+
+
+def test_a_file_that_is_no_checkpoint_of_ours_is_refused(tmp_path, parts):
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(InputError, match="not a fned_lightning checkpoint"):
+        predict(predict_config(tmp_path / "other.ckpt", parts, tmp_path / "out"))
+
+
+def test_an_output_folder_that_cannot_be_written_is_named(checkpoint, parts, tmp_path):
+    (tmp_path / "file").write_text("a file where a folder should go")
+    with pytest.raises(InputError, match=f"cannot write to output={tmp_path / 'file' / 'out'}"):
+        predict(predict_config(checkpoint, parts, tmp_path / "file" / "out"))
+
+
+def test_onnx_export_matches_pytorch(checkpoint, tmp_path):
+    import onnxruntime
+
+    path = export(compose_config_named("export", f"ckpt_path={checkpoint}", f"output={tmp_path / 'model.onnx'}"))
+    model, _ = load_detector(checkpoint)
+    images = torch.rand(3, 1, 16, 16)
+    with torch.no_grad():
+        expected_score, expected_heatmap = ScoreAndHeatmap(model).eval()(images)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    score, heatmap = session.run(None, {"images": images.numpy()})
+    np.testing.assert_allclose(score, expected_score.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(heatmap, expected_heatmap.numpy(), rtol=1e-4, atol=1e-4)
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["image_size"] == 16 and set(sidecar["thresholds"]) == {"calibrated", "paper"}
+
+
+def test_pt2_export_matches_pytorch(checkpoint, tmp_path):
+    path = export(compose_config_named("export", f"ckpt_path={checkpoint}", "format=pt2", f"output={tmp_path / 'model.pt2'}"))
+    model, _ = load_detector(checkpoint)
+    images = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        expected = ScoreAndHeatmap(model).eval()(images)
+        actual = torch.export.load(str(path)).module()(images)
+    torch.testing.assert_close(actual, expected)
