@@ -6,7 +6,7 @@ CLASS ?= horse
 DATA ?= data/cifar10
 ARGS ?=
 
-.PHONY: install test train demo cifar10 clean
+.PHONY: install test train demo cifar10 bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,6 @@ cifar10:  ## unpack the CIFAR-10 image copy that sits beside the checkout into $
 
 clean:
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache
+
+bench: install  ## speed of every model on this machine -> bench/results.json (a benchmark: asserts nothing)
+	$(BIN)/python -m fned_lightning.bench --out bench/results.json

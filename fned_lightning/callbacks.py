@@ -85,3 +85,18 @@ class PaperProtocol(L.Callback):
         pl_module.train(was_training)
         auroc = ranking_metrics(torch.cat(scores), torch.cat(labels))["auroc"]
         return -math.inf if math.isnan(auroc) else auroc
+
+
+class Speedups(L.Callback):
+    """GPU options that change speed, not results: channels_last weights (the layout tensor cores
+    want) and `torch.compile` of each network, in place so checkpoints keep their keys."""
+
+    def __init__(self, channels_last: bool = False, compile: bool = False):
+        self.channels_last, self.compile = channels_last, compile
+
+    def setup(self, trainer, pl_module, stage):
+        if self.channels_last:
+            pl_module.to(memory_format=torch.channels_last)
+        if self.compile:
+            for network in pl_module.children():
+                network.compile()

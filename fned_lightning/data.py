@@ -102,7 +102,7 @@ class InMemoryImages(Dataset):
         return self.images[index], self.labels[index], index
 
     def __getitems__(self, indices: list[int]):
-        index = torch.as_tensor(indices)
+        index = torch.as_tensor(indices, device=self.images.device)
         return self.images[index], self.labels[index], index
 
 
@@ -128,6 +128,7 @@ class AnomalyDataModule(L.LightningDataModule):
         val_fraction: float = 0.05,
         split_seed: int = 0,
         num_workers: int = 0,
+        on_device: bool = False,
     ):
         super().__init__()
         check_image_size(image_size)
@@ -139,6 +140,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
+        self.on_device = on_device  # keep the uint8 images on the accelerator: batches are sliced there, no copies
         self.train_set: InMemoryImages | None = None
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
@@ -146,8 +148,14 @@ class AnomalyDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+        if self.train_set is None:
+            self.split()
+        if self.on_device and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            for dataset in (self.train_set, self.val_set, self.test_set):
+                dataset.images, dataset.labels = dataset.images.to(device), dataset.labels.to(device)
+
+    def split(self) -> None:
         train, test, test_labels, names = self.load()
         generator = torch.Generator().manual_seed(self.split_seed)
         order = torch.randperm(len(train), generator=generator)

@@ -69,7 +69,7 @@ class AnomalyDetector(L.LightningModule):
         self.score_max.fill_(scores.max())
         self.score_threshold.fill_(torch.quantile(scores.float(), 1 - self.false_positive_rate))
         self.log_dict({"val/score_mean": scores.mean(), "val/score_min": scores.min(), "val/score_max": scores.max(),
-                       "val/score_threshold": self.score_threshold})
+                       "val/score_threshold": self.score_threshold}, rank_zero_only=True)  # gathered: the same on every rank
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """What `predict` and `export` need besides the weights: the class, and the images it expects."""
@@ -91,13 +91,17 @@ class AnomalyDetector(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         scores, labels, index = (self.all_gather(torch.cat(parts)).flatten() for parts in zip(*self._test_batches))
         self._test_batches.clear()
+        # Under DDP the sampler pads the last batches with repeats: score each test image once.
+        unique, inverse = torch.unique(index, return_inverse=True)
+        first = torch.full_like(unique, len(index)).scatter_reduce(0, inverse, torch.arange(len(index), device=index.device), "amin")
+        scores, labels, index = scores[first], labels[first], index[first]
         fitted = self.protocol == "honest" and not torch.isnan(self.score_min)
         metrics = evaluate(
             scores, labels, self.threshold,
             fitted_range=(self.score_min.item(), self.score_max.item()) if fitted else None,
             calibrated_threshold=self.score_threshold.item() if fitted else None,
         )
-        self.log_dict({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+        self.log_dict({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)}, rank_zero_only=True)
         self.test_results = {"metrics": metrics, "scores": scores.cpu(), "labels": labels.cpu(), "index": index.cpu()}
 
 
@@ -205,8 +209,8 @@ class SkipGANomaly(AnomalyGAN):
         _, features = self.discriminator(x)
         _, fake_features = self.discriminator(x_fake)
         weight = self.hparams.score_weight
-        residual = (x - x_fake).pow(2).flatten(1).mean(1)
-        feature_gap = (features - fake_features).pow(2).mean(1)
+        residual = (x.float() - x_fake.float()).pow(2).flatten(1).mean(1)  # float32: see scoring.anomaly_score
+        feature_gap = (features.float() - fake_features.float()).pow(2).mean(1)
         return weight * residual + (1 - weight) * feature_gap, x_fake
 
 
@@ -227,7 +231,7 @@ class GANomaly(AnomalyGAN):
 
     def forward(self, x):
         x_fake, z, z_hat = self.generator(x)
-        return (z - z_hat).pow(2).mean(1), x_fake
+        return (z.float() - z_hat.float()).pow(2).mean(1), x_fake
 
 
 class FAnoGAN(AnomalyDetector):
@@ -315,5 +319,5 @@ class FAnoGAN(AnomalyDetector):
         x_fake = self.generator(self.encoder(x))
         _, features = self.critic(x)
         _, fake_features = self.critic(x_fake)
-        residual = (x - x_fake).pow(2).flatten(1).mean(1)
-        return residual + self.hparams.kappa * (features - fake_features).pow(2).mean(1), x_fake
+        residual = (x.float() - x_fake.float()).pow(2).flatten(1).mean(1)
+        return residual + self.hparams.kappa * (features.float() - fake_features.float()).pow(2).mean(1), x_fake

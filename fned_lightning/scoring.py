@@ -26,8 +26,9 @@ def anomaly_score(
     reduction="sum" is the paper's norms; "mean" divides the L1 term by the pixel count and
     takes the L2 term as an RMS, which rebalances the two terms (and so can change ranking).
     """
-    residual = (x - x_fake).abs().flatten(1)
-    feature_gap = (features - features_fake).pow(2).flatten(1)
+    # float32 sums: under bf16 autocast a sum of 3,072 pixels would keep only ~3 significant digits
+    residual = (x.float() - x_fake.float()).abs().flatten(1)
+    feature_gap = (features.float() - features_fake.float()).pow(2).flatten(1)
     if reduction == "sum":
         reconstruction, latent = residual.sum(1), feature_gap.sum(1).sqrt()
     elif reduction == "mean":

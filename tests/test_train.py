@@ -149,3 +149,35 @@ def test_a_test_folder_without_abnormal_images_reports_undefined_auroc(tmp_path,
     assert "AUROC/AUPRC will be undefined" in done.stdout + done.stderr
     _, metrics, _ = results(tmp_path)
     assert metrics["auroc"] is None and metrics["n_test_abnormal"] == 0
+
+
+def test_ddp_on_two_cpu_processes_scores_each_test_image_once(tmp_path):
+    done = run_cli(*TINY, *SYNTHETIC, "data.n_test_normal=9", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+                   "trainer.devices=2", "trainer.strategy=ddp_find_unused_parameters_true", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, metrics, rows = results(tmp_path)
+    assert metrics["n_test"] == metrics["n_scored"] == len(rows) == 17  # 17 over 2 ranks: one padded repeat dropped
+    assert len({row["name"] for row in rows}) == 17
+
+
+def test_the_one_gpu_paper_script_runs_with_a_tiny_budget_on_cpu(tmp_path, cifar_folder):
+    """The GPU path's code (bf16 autocast, channels_last, data resident on the device) on the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    sweep = tmp_path / "sweep"
+    env = os.environ | {"WANDB_MODE": "disabled", "PYTHON": sys.executable, "SWEEP_DIR": str(sweep)}
+    overrides = [*TINY, "trainer.accelerator=cpu", "trainer.max_epochs=1", "data.cache_dir=null",
+                 "anomaly_class=horse,ship"]
+    done = subprocess.run([str(REPO / "scripts" / "paper_on_one_gpu.sh"), str(cifar_folder), *overrides],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "wall time:" in done.stdout and "Table 1" in done.stdout
+    runs = sorted(sweep.glob("*_fned_*"))
+    assert len(runs) == 2
+    config = (runs[0] / "config.yaml").read_text()
+    assert "precision: bf16-mixed" in config and "on_device: true" in config and "channels_last: true" in config
+    assert json.loads((runs[0] / "metrics.json").read_text())["n_scored"] == 23

@@ -1,0 +1,231 @@
+"""`python -m fned_lightning.bench [--out bench/results.json]`: speed of every model, on this machine.
+
+For each model at 32x32, batch 64: training images/s (a whole G+D step through Lightning, as a
+user runs it), inference images/s (scores and reconstructions, `torch.inference_mode`), the
+FLOPs per image of both (torch.utils.flop_counter; one FLOP = one multiply or one add) and the
+GFLOP/s they achieve; the data path alone (datamodule to a ready batch on the device); and, as
+the machine's own yardstick, a large 3x3 convolution forward + backward. Medians of `--repeats`
+after `--warmup`. A benchmark: it asserts nothing.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from fned_lightning.data import SyntheticParts
+
+MODELS = ("fned", "ganomaly", "skip_ganomaly", "fanogan")
+
+
+def median_seconds(step, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def conv_yardstick(device: torch.device, repeats: int, warmup: int) -> dict:
+    """A large 3x3 convolution, forward + backward: about the best this machine does on conv work."""
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device)
+    x = torch.randn(64, 128, 32, 32, device=device, requires_grad=True)
+
+    def step():
+        conv(x).sum().backward()
+        sync(device)
+
+    flops = 3 * 2 * 64 * 32 * 32 * 128 * 128 * 9  # forward, and the two backward convolutions
+    seconds = median_seconds(step, repeats, warmup)
+    return {"gflop_per_s": flops / seconds / 1e9, "seconds": seconds}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class StepTimer(L.Callback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, *_):
+        sync(self.device)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, *_):
+        sync(self.device)
+        self.times.append(time.perf_counter() - self._start)
+
+    def setup(self, trainer, pl_module, stage):
+        self.device = pl_module.device
+
+
+def model_config(name: str, image_size: int):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"model={name}", "data=synthetic", f"data.image_size={image_size}", "data.channels=3"])
+
+
+def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmup: int, accelerator: str) -> dict:
+    cfg = model_config(name, image_size)
+    data = SyntheticParts(n_train=batch_size * (repeats + warmup + 1), n_test_normal=8, n_test_abnormal=8,
+                          image_size=image_size, channels=3, batch_size=batch_size, val_fraction=0.0)
+    model = instantiate(cfg.model)
+    timer = StepTimer()
+    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=2, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[timer])
+    trainer.fit(model, datamodule=data)  # two epochs: f-AnoGAN's first is its WGAN-GP, the second its encoder
+    if name == "fanogan":  # the WGAN-GP epoch, averaged: a generator update comes every `critic_steps` batches
+        train_seconds = statistics.mean(timer.times[warmup : len(timer.times) // 2])
+    else:
+        train_seconds = statistics.median(timer.times[warmup:])
+
+    device = model.device
+    x = torch.rand(batch_size, 3, image_size, image_size, device=device) * 2 - 1
+    model.eval()
+
+    def infer():
+        with torch.inference_mode():
+            model(x)
+        sync(device)
+
+    infer_seconds = median_seconds(infer, repeats, warmup)
+    with torch.inference_mode(), FlopCount() as counter:
+        model(x)
+    infer_flops = counter.total / batch_size
+    train_flops = training_flops(name, batch_size, image_size) / batch_size
+    return {
+        "train_images_per_s": batch_size / train_seconds,
+        "train_gflop_per_image": train_flops / 1e9,
+        "train_gflop_per_s": train_flops * batch_size / train_seconds / 1e9,
+        "infer_images_per_s": batch_size / infer_seconds,
+        "infer_gflop_per_image": infer_flops / 1e9,
+        "infer_gflop_per_s": infer_flops * batch_size / infer_seconds / 1e9,
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+
+
+class FlopCount(TorchDispatchMode):
+    """Counts FLOPs with torch's formulas, like FlopCounterMode but without its module hooks,
+    which break on the double backward of f-AnoGAN's gradient penalty."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func._overloadpacket in flop_registry:
+            self.total += flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
+        return out
+
+
+class FirstEpochFlops(L.Callback):
+    """Counts every forward and backward FLOP of the first training epoch."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            self.counter = FlopCount()
+            self.counter.__enter__()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            self.counter.__exit__(None, None, None)
+
+
+def training_flops(name: str, batch_size: int, image_size: int) -> float:
+    """FLOPs of one training step (all its forwards and backwards), counted on the CPU; for f-AnoGAN,
+    averaged over one cycle of `critic_steps` critic updates and one generator update."""
+    model = instantiate(model_config(name, image_size).model)
+    batches = model.hparams.critic_steps if name == "fanogan" else 1
+    data = SyntheticParts(n_train=batch_size * batches, n_test_normal=8, n_test_abnormal=8, image_size=image_size,
+                          channels=3, batch_size=batch_size, val_fraction=0.0)
+    counter = FirstEpochFlops()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2 if name == "fanogan" else 1, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[counter])
+    trainer.fit(model, datamodule=data)
+    return counter.counter.total / batches
+
+
+def bench_data_path(batch_size: int, image_size: int, repeats: int, device: torch.device) -> dict:
+    """uint8 tensors in memory -> a float batch in [-1, 1] on the device, as training gets it."""
+    data = SyntheticParts(n_train=batch_size * 64, n_test_normal=8, n_test_abnormal=8, image_size=image_size,
+                          channels=3, batch_size=batch_size, val_fraction=0.0)
+    data.setup("fit")
+
+    def epoch():
+        for batch in data.train_dataloader():
+            images = data.on_after_batch_transfer(tuple(t.to(device) for t in batch), 0)[0]
+        sync(device)
+        return images
+
+    seconds = median_seconds(epoch, repeats, 1)
+    return {"images_per_s": len(data.train_set) // batch_size * batch_size / seconds}
+
+
+def table(results: dict) -> str:
+    lines = [
+        f"device: {results['device']}, torch {results['torch']}, threads {results['threads']}; "
+        f"3x3 conv yardstick: {results['conv_yardstick']['gflop_per_s']:.1f} GFLOP/s; "
+        f"data path: {results['data_path']['images_per_s']:.0f} images/s",
+        "| model | train img/s | train GFLOP/img | train GFLOP/s | of yardstick | infer img/s | infer GFLOP/img | infer GFLOP/s | params (M) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["models"].items():
+        lines.append(
+            f"| {name} | {r['train_images_per_s']:.1f} | {r['train_gflop_per_image']:.3f} | {r['train_gflop_per_s']:.1f} | "
+            f"{r['train_fraction_of_yardstick']:.2f} | {r['infer_images_per_s']:.1f} | {r['infer_gflop_per_image']:.3f} | "
+            f"{r['infer_gflop_per_s']:.1f} | {r['parameters_m']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--accelerator", default="cpu")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
+    results = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size, "image_size": args.image_size, "repeats": args.repeats, "warmup": args.warmup,
+        "conv_yardstick": conv_yardstick(device, args.repeats, args.warmup),
+        "data_path": bench_data_path(args.batch_size, args.image_size, args.repeats, device),
+        "models": {},
+    }
+    for name in args.models:
+        r = bench_model(name, args.batch_size, args.image_size, args.repeats, args.warmup, args.accelerator)
+        r["train_fraction_of_yardstick"] = r["train_gflop_per_s"] / results["conv_yardstick"]["gflop_per_s"]
+        r["data_path_vs_train_step"] = results["data_path"]["images_per_s"] / r["train_images_per_s"]
+        results["models"][name] = r
+        print(f"{name}: {r['train_images_per_s']:.1f} train images/s, {r['infer_images_per_s']:.1f} inference images/s", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
