@@ -74,6 +74,8 @@ class AnomalyDetector(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """What `predict` and `export` need besides the weights: the class, and the images it expects."""
         datamodule = self.trainer.datamodule
+        if datamodule is None:  # fitted on bare dataloaders: nothing known about the images
+            return
         checkpoint["fned_lightning"] = {
             "model_target": f"{type(self).__module__}.{type(self).__qualname__}",
             "image_size": datamodule.image_size,
