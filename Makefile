@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: install  ## the test suite: CPU, tiny data made on the spot, no network
-	WANDB_MODE=disabled $(BIN)/python -m pytest
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
 train: install  ## one CIFAR-10 experiment: make train CLASS=horse [DATA=path] [ARGS="trainer.max_epochs=1 ..."]
 	$(BIN)/python -m fned_lightning.train anomaly_class=$(CLASS) data.root=$(DATA) $(ARGS)

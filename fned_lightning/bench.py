@@ -85,10 +85,10 @@ def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmu
                           image_size=image_size, channels=3, batch_size=batch_size, val_fraction=0.0)
     model = instantiate(cfg.model)
     timer = StepTimer()
-    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=2, limit_val_batches=0, logger=False,
+    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=2 if name == "fanogan" else 1, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[timer])
-    trainer.fit(model, datamodule=data)  # two epochs: f-AnoGAN's first is its WGAN-GP, the second its encoder
+    trainer.fit(model, datamodule=data)  # f-AnoGAN needs two: the first its WGAN-GP, the second its encoder
     if name == "fanogan":  # the WGAN-GP epoch, averaged: a generator update comes every `critic_steps` batches
         train_seconds = statistics.mean(timer.times[warmup : len(timer.times) // 2])
     else:
@@ -104,7 +104,7 @@ def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmu
         sync(device)
 
     infer_seconds = median_seconds(infer, repeats, warmup)
-    with torch.inference_mode(), FlopCount() as counter:
+    with torch.no_grad(), FlopCount() as counter:  # inference_mode would skip the counting mode
         model(x)
     infer_flops = counter.total / batch_size
     train_flops = training_flops(name, batch_size, image_size) / batch_size
