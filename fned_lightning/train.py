@@ -25,6 +25,7 @@ from fned_lightning.data import to_model_range
 from fned_lightning.errors import InputError, input_error_in
 from fned_lightning.figures import reconstruction_grid, roc_and_pr_curves, score_histogram
 from fned_lightning.module import PROTOCOLS
+from fned_lightning.scoring import min_max_normalise
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning on newer torch: noise
@@ -113,7 +114,7 @@ def write_results(output_dir: Path, cfg: DictConfig, metrics: dict, model, datam
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     results = model.test_results
     scores, labels = results["scores"], results["labels"]
-    test_minmax = (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-12)
+    test_minmax = min_max_normalise(scores, scores.min().item(), scores.max().item())
     fitted = metrics["normalisation"] == "val_minmax"
     normalised = model.normalise(scores) if fitted else None
     paper_decision = (normalised if fitted else test_minmax) > model.threshold
