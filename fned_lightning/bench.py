@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from fned_lightning.callbacks import Speedups
 from fned_lightning.data import SyntheticParts
 
 MODELS = ("fned", "ganomaly", "skip_ganomaly", "fanogan")
@@ -79,7 +80,8 @@ def model_config(name: str, image_size: int):
         return compose("train", overrides=[f"model={name}", "data=synthetic", f"data.image_size={image_size}", "data.channels=3"])
 
 
-def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmup: int, accelerator: str) -> dict:
+def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmup: int, accelerator: str,
+                channels_last: bool = False) -> dict:
     cfg = model_config(name, image_size)
     data = SyntheticParts(n_train=batch_size * (repeats + warmup + 1), n_test_normal=8, n_test_abnormal=8,
                           image_size=image_size, channels=3, batch_size=batch_size, val_fraction=0.0)
@@ -87,7 +89,7 @@ def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmu
     timer = StepTimer()
     trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=2 if name == "fanogan" else 1, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[timer])
+                        callbacks=[timer, Speedups(channels_last=channels_last)])
     trainer.fit(model, datamodule=data)  # f-AnoGAN needs two: the first its WGAN-GP, the second its encoder
     if name == "fanogan":  # the WGAN-GP epoch, averaged: a generator update comes every `critic_steps` batches
         train_seconds = statistics.mean(timer.times[warmup : len(timer.times) // 2])
@@ -96,6 +98,8 @@ def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmu
 
     device = model.device
     x = torch.rand(batch_size, 3, image_size, image_size, device=device) * 2 - 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     model.eval()
 
     def infer():
@@ -205,18 +209,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last weights and inputs")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
     results = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "batch_size": args.batch_size, "image_size": args.image_size, "repeats": args.repeats, "warmup": args.warmup,
+        "channels_last": args.channels_last,
         "conv_yardstick": conv_yardstick(device, args.repeats, args.warmup),
         "data_path": bench_data_path(args.batch_size, args.image_size, args.repeats, device),
         "models": {},
     }
     for name in args.models:
-        r = bench_model(name, args.batch_size, args.image_size, args.repeats, args.warmup, args.accelerator)
+        r = bench_model(name, args.batch_size, args.image_size, args.repeats, args.warmup, args.accelerator, args.channels_last)
         r["train_fraction_of_yardstick"] = r["train_gflop_per_s"] / results["conv_yardstick"]["gflop_per_s"]
         r["data_path_vs_train_step"] = results["data_path"]["images_per_s"] / r["train_images_per_s"]
         results["models"][name] = r
