@@ -250,14 +250,14 @@ class CIFAR10OneClass(AnomalyDataModule):
             splits = [CIFAR10(str(self.root), train=train, download=self.download) for train in (True, False)]
         except (RuntimeError, OSError) as error:  # no copy here, and none to be had
             fix = (
-                f"the download failed ({error}); with no internet, point data.root at a copy"
+                f"The download failed ({error}); with no internet, point data.root at a copy"
                 if self.download
-                else "set data.download=true where there is internet, or point data.root at a copy"
+                else "Set data.download=true where there is internet, or point data.root at a copy"
             )
             raise InputError(
                 f"no CIFAR-10 at data.root={self.root}: expected torchvision's cifar-10-batches-py/ or an image-folder "
                 f"copy train/<class>/*.jpg + test/<class>/*.jpg there. {fix}, e.g. "
-                f"`tar -xzf ../shared/datasets/cifar10-jpeg.tar.gz -C data/cifar10`."
+                f"`make cifar10` (which runs `tar -xzf ../shared/datasets/cifar10-jpeg.tar.gz -C data/cifar10`)."
             ) from error
         out = []
         for split_name, split in zip(("train", "test"), splits):
