@@ -13,6 +13,7 @@ import glob
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -110,6 +111,7 @@ def predict(cfg: DictConfig) -> dict:
     paths = find_images(cfg.input)
     output = Path(cfg.output).expanduser()
     prepare_output(output, cfg.heatmaps)
+    heatmaps = heatmap_names(output, paths)
 
     rows, skipped, scored, seconds, started = [], 0, 0, 0.0, time.perf_counter()
     batches = [paths[i : i + cfg.batch_size] for i in range(0, len(paths), cfg.batch_size)]
@@ -141,7 +143,7 @@ def predict(cfg: DictConfig) -> dict:
             abnormal = scores[i].item() > threshold
             rows.append([str(path), f"{scores[i].item():.6g}", f"{normalised[i].item():.6g}", "abnormal" if abnormal else "normal"])
             if cfg.heatmaps:
-                write_png(heatmap_overlay(uint8[i], residual[i], cfg.heatmap_scale), str(heatmap_path(output, path)))
+                write_png(heatmap_overlay(uint8[i], residual[i], cfg.heatmap_scale), str(heatmaps[path]))
 
     with open(output / "predictions.csv", "w", newline="") as file:
         csv.writer(file).writerows([["path", "score", "normalised_score", "decision"], *rows])
@@ -159,9 +161,11 @@ def predict(cfg: DictConfig) -> dict:
     return summary
 
 
-def heatmap_path(output: Path, image: Path) -> Path:
-    """heatmaps/<folder>__<name>.png: unique for images of the same name in different folders."""
-    return output / "heatmaps" / f"{image.parent.name}__{image.stem}.png"
+def heatmap_names(output: Path, paths: list[Path]) -> dict[Path, Path]:
+    """heatmaps/<path below the inputs' common folder, / as __>.png: one file per input image, so
+    images of the same name in different folders do not overwrite each other."""
+    root = Path(os.path.commonpath([p.parent.resolve() for p in paths]))
+    return {p: output / "heatmaps" / ("__".join(p.resolve().relative_to(root).with_suffix("").parts) + ".png") for p in paths}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
