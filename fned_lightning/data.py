@@ -9,7 +9,7 @@ draws from both classes.
 import hashlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -106,6 +106,30 @@ class InMemoryImages(Dataset):
         return self.images[index], self.labels[index], index
 
 
+class DeviceShuffledBatches:
+    """Training batches of a dataset held on the accelerator: each epoch's order is drawn there
+    (seeded by `seed` + the epoch, so a run is reproducible), split evenly across DDP ranks, and
+    the batches sliced there; no index crosses from the host."""
+
+    def __init__(self, dataset: InMemoryImages, batch_size: int, seed: int, epoch: Callable[[], int],
+                 rank: int = 0, world_size: int = 1):
+        self.dataset, self.batch_size, self.seed, self.epoch = dataset, batch_size, seed, epoch
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = len(dataset) // world_size
+
+    def __len__(self) -> int:  # drops a ragged last batch, as the host loader does
+        return max(self.per_rank // self.batch_size, 1)
+
+    def __iter__(self):
+        device = self.dataset.images.device
+        generator = torch.Generator(device=device).manual_seed(self.seed + self.epoch())
+        order = torch.randperm(len(self.dataset), device=device, generator=generator)
+        order = order[self.rank :: self.world_size][: self.per_rank]
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield self.dataset.images[index], self.dataset.labels[index], index
+
+
 def already_batched(batch):
     """DataLoader collate for `InMemoryImages.__getitems__`, which returns a finished batch."""
     return batch
@@ -140,7 +164,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
-        self.on_device = on_device  # keep the uint8 images on the accelerator: batches are sliced there, no copies
+        self.on_device = on_device  # keep the uint8 images on the accelerator: shuffled and sliced there, no copies
         self.train_set: InMemoryImages | None = None
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
@@ -191,7 +215,12 @@ class AnomalyDataModule(L.LightningDataModule):
         images, labels, index = batch
         return to_model_range(images), labels, index  # on the device: the host only slices uint8
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceShuffledBatches:
+        if self.on_device and self.trainer is not None:
+            trainer = self.trainer
+            return DeviceShuffledBatches(self.train_set, self.batch_size, seed=torch.initial_seed(),  # the run's seed
+                                         epoch=lambda: trainer.current_epoch, rank=trainer.global_rank,
+                                         world_size=trainer.world_size)
         return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list:

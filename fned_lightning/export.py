@@ -37,6 +37,20 @@ class ScoreAndHeatmap(nn.Module):
         return (scores - self.low) / self.span, (x - x_fake).abs().mean(1)
 
 
+def write(wrapper: ScoreAndHeatmap, example: torch.Tensor, output: Path, format: str, opset: int) -> None:
+    """`wrapper` as an ONNX graph or a torch.export program, for any batch size."""
+    with torch.no_grad():
+        if format == "onnx":
+            torch.onnx.export(
+                wrapper, (example,), str(output), input_names=["images"], output_names=["score", "heatmap"],
+                dynamic_axes={"images": {0: "batch"}, "score": {0: "batch"}, "heatmap": {0: "batch"}},
+                opset_version=opset, dynamo=False,
+            )
+        else:
+            batch = torch.export.Dim("batch", min=1)
+            torch.export.save(torch.export.export(wrapper, (example,), dynamic_shapes=({0: batch},)), str(output))
+
+
 def export(cfg: DictConfig) -> Path:
     if cfg.format not in FORMATS:
         raise InputError(f"unknown format={cfg.format}; choose one of: {', '.join(FORMATS)}")
@@ -48,16 +62,7 @@ def export(cfg: DictConfig) -> Path:
     ckpt = Path(cfg.ckpt_path).expanduser()
     output = Path(cfg.output).expanduser() if cfg.output else ckpt.with_name(ckpt.stem + FORMATS[cfg.format])
     output.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        if cfg.format == "onnx":
-            torch.onnx.export(
-                wrapper, (example,), str(output), input_names=["images"], output_names=["score", "heatmap"],
-                dynamic_axes={"images": {0: "batch"}, "score": {0: "batch"}, "heatmap": {0: "batch"}},
-                opset_version=cfg.opset, dynamo=False,
-            )
-        else:
-            batch = torch.export.Dim("batch", min=1)
-            torch.export.save(torch.export.export(wrapper, (example,), dynamic_shapes=({0: batch},)), str(output))
+    write(wrapper, example, output, cfg.format, cfg.opset)
     sidecar = {
         "input": f"float images in [0, 1], N x {info['channels']} x {info['image_size']} x {info['image_size']}",
         "outputs": {"score": "anomaly score, min-max normalised with the normal validation range",

@@ -2,7 +2,14 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from fned_lightning.data import CIFAR10OneClass, ImageFolderAnomaly, SyntheticParts, resolve_cifar10_class
+from fned_lightning.data import (
+    CIFAR10OneClass,
+    DeviceShuffledBatches,
+    ImageFolderAnomaly,
+    InMemoryImages,
+    SyntheticParts,
+    resolve_cifar10_class,
+)
 from fned_lightning.errors import InputError
 
 
@@ -118,3 +125,22 @@ def test_synthetic_parts_are_deterministic_and_defects_differ():
     mean_normal = first.train_set.images.float().mean(0)
     gap = (images - mean_normal).abs().mean((1, 2, 3))
     assert gap[labels == 1].mean() > gap[labels == 0].mean()
+
+
+def test_device_batches_shuffle_each_epoch_and_split_ranks_evenly():
+    dataset = InMemoryImages(torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1), torch.zeros(50, dtype=torch.long))
+    epoch = [0]
+
+    def batches(rank: int, seed: int = 7) -> list[torch.Tensor]:
+        loader = DeviceShuffledBatches(dataset, batch_size=8, seed=seed, epoch=lambda: epoch[0], rank=rank, world_size=2)
+        assert len(loader) == 3  # 25 images a rank: 3 whole batches, the ragged one dropped
+        return [index for _, _, index in loader]
+
+    first = [torch.cat(batches(rank)) for rank in (0, 1)]
+    assert all(len(indices) == 24 for indices in first)
+    assert not set(first[0].tolist()) & set(first[1].tolist())  # each rank its own images
+    images, _, index = next(iter(DeviceShuffledBatches(dataset, 8, seed=7, epoch=lambda: 0)))
+    assert torch.equal(images.flatten().long(), index)  # images and indices travel together
+    assert torch.equal(torch.cat(batches(0)), first[0])  # reproducible for a seed and an epoch
+    epoch[0] = 1
+    assert not torch.equal(torch.cat(batches(0)), first[0])  # a new order every epoch

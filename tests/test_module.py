@@ -1,6 +1,7 @@
 import lightning as L
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from fned_lightning import module
 from fned_lightning.data import SyntheticParts
@@ -39,19 +40,25 @@ def test_one_step_updates_both_networks_and_the_losses_add_up():
     m = trainer.callback_metrics
     expected = 1.0 * m["train/loss_adv"] + 20.0 * m["train/loss_con"] + 1.0 * m["train/loss_lat"]
     torch.testing.assert_close(m["train/loss_g"], expected)
-    assert m["train/d_reinit"] == 0
+    assert m["train/d_collapsed"] == 0
 
 
-@pytest.mark.parametrize("collapse_loss,reinits", [(1e9, 1), (1e-5, 0)])  # 1e9: every step counts as a collapse
-def test_discriminator_is_reinitialised_only_when_its_loss_collapses(monkeypatch, collapse_loss, reinits):
+@pytest.mark.parametrize(
+    "collapse_loss,interval,batches,reinit",
+    [(1e9, 1, 1, True), (1e9, 3, 2, False), (1e9, 3, 3, True), (1e-5, 1, 2, False)],  # 1e9: every step collapses
+)
+def test_discriminator_is_reinitialised_when_its_loss_collapsed_at_the_next_check(
+    monkeypatch, collapse_loss, interval, batches, reinit
+):
     reinitialised = []
     monkeypatch.setattr(module, "dcgan_init", lambda layer: reinitialised.append(layer) or dcgan_init(layer))
     L.seed_everything(0)
-    model = tiny_model(d_collapse_loss=collapse_loss)
-    trainer = fit(model, max_steps=1, limit_val_batches=0)
-    assert trainer.callback_metrics["train/d_reinit"] == reinits
-    assert (model.discriminator.features[0] in reinitialised) == bool(reinits)
+    model = tiny_model(d_collapse_loss=collapse_loss, d_collapse_check_interval=interval)
+    trainer = fit(model, max_epochs=1, limit_train_batches=batches, limit_val_batches=0)
+    assert trainer.callback_metrics["train/d_collapsed"] == float(collapse_loss > 1)
+    assert (model.discriminator.features[0] in reinitialised) == reinit
     assert not any(layer in reinitialised for layer in model.generator.modules())
+    assert bool(model.d_collapsed) == (collapse_loss > 1 and not reinit)  # pending until the next check
 
 
 def test_schedule_is_constant_then_linear_decay():
@@ -125,3 +132,40 @@ def test_fanogan_trains_the_gan_then_only_the_encoder():
 def test_fanogan_refuses_a_single_epoch():
     with pytest.raises(InputError, match="max_epochs >= 2"):
         fit_config_model("fanogan", max_epochs=1)
+
+
+class HostWaits(TorchFunctionMode):
+    """Records the tensor calls that make the host wait for the device (harmless on a CPU, where
+    this test runs; each one drains the queue of a GPU)."""
+
+    WAITS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
+             torch.Tensor.__int__, torch.Tensor.cpu, torch.Tensor.numpy}
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.WAITS:
+            self.calls.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["fned", "ganomaly", "skip_ganomaly", "fanogan"])
+def test_training_steps_do_not_wait_for_the_device(name):
+    from hydra.utils import instantiate
+
+    from tests.conftest import TINY_MODELS, compose_config
+
+    cfg = compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name])
+    model = instantiate(cfg.model)
+    waits = HostWaits()
+    training_step = model.training_step
+
+    def watched(batch, batch_idx):
+        with waits:
+            return training_step(batch, batch_idx)
+
+    model.training_step = watched
+    fit(model, max_epochs=2, limit_val_batches=0)  # 4 batches an epoch; the collapse check comes every 10
+    assert waits.calls == []

@@ -4,6 +4,7 @@ import torch
 from fned_lightning.errors import InputError
 from fned_lightning.networks.dcgan import DCGANDiscriminator
 from fned_lightning.networks.fned import FNEDGenerator
+from fned_lightning.networks.layers import FoldConvTranspose2d, WholeImageConv2d, WholeImageConvTranspose2d
 
 
 @pytest.mark.parametrize("size,channels", [(16, 1), (32, 3), (64, 1)])
@@ -42,3 +43,39 @@ def test_discriminator_gives_one_logit_and_flat_features(size, feature_dim):
 def test_discriminator_rejects_bad_size():
     with pytest.raises(ValueError, match="multiple of 16"):
         DCGANDiscriminator(image_size=40)
+
+
+@pytest.mark.parametrize(
+    "layer,parent,in_shape,args",
+    [
+        (WholeImageConv2d, torch.nn.Conv2d, (5, 6, 2, 2), (6, 7, 4, 2, 1)),  # U-Net's innermost, 2x2 -> 1x1
+        (WholeImageConv2d, torch.nn.Conv2d, (5, 6, 4, 4), (6, 7, 4, 1, 0)),  # DCGAN head, 4x4 -> 1x1
+        (WholeImageConvTranspose2d, torch.nn.ConvTranspose2d, (5, 6, 1, 1), (6, 7, 4, 2, 1)),  # 1x1 -> 2x2
+        (WholeImageConvTranspose2d, torch.nn.ConvTranspose2d, (5, 6, 1, 1), (6, 7, 4, 1, 0)),  # DCGAN decoder, 1x1 -> 4x4
+        (FoldConvTranspose2d, torch.nn.ConvTranspose2d, (5, 6, 2, 2), (6, 7, 4, 2, 1)),
+        (FoldConvTranspose2d, torch.nn.ConvTranspose2d, (5, 6, 3, 5), (6, 7, 3, 1, 1)),
+    ],
+)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_matrix_product_layers_compute_what_their_parents_do(layer, parent, in_shape, args, bias, memory_format):
+    torch.manual_seed(0)
+    fast, reference = layer(*args, bias=bias), parent(*args, bias=bias)
+    reference.load_state_dict(fast.state_dict())  # the same keys: checkpoints load either way
+    fast, reference = fast.to(memory_format=memory_format), reference.to(memory_format=memory_format)
+    x = torch.randn(in_shape).contiguous(memory_format=memory_format).requires_grad_()
+    outputs = [module(x) for module in (fast, reference)]
+    torch.testing.assert_close(outputs[0], outputs[1])
+    upstream = torch.randn_like(outputs[1])
+    grads = [torch.autograd.grad(out, [x, *module.parameters()], upstream) for out, module in zip(outputs, (fast, reference))]
+    for fast_grad, reference_grad in zip(*grads):
+        torch.testing.assert_close(fast_grad, reference_grad)
+
+
+def test_whole_image_layers_refuse_inputs_they_do_not_cover():
+    with pytest.raises(ValueError, match="covers exactly"):
+        WholeImageConv2d(3, 4, 4, 2, 1)(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="1x1 inputs"):
+        WholeImageConvTranspose2d(3, 4, 4, 2, 1)(torch.zeros(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="groups=1"):
+        FoldConvTranspose2d(4, 4, 4, 2, 1, groups=2)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from fned_lightning.data import draw_parts
 from fned_lightning.errors import InputError
-from fned_lightning.export import ScoreAndHeatmap, export
+from fned_lightning.export import ScoreAndHeatmap, export, write
 from fned_lightning.predict import load_detector, predict
 from tests.conftest import TINY, run_cli
 
@@ -142,3 +142,28 @@ def test_pt2_export_matches_pytorch(checkpoint, tmp_path):
         expected = ScoreAndHeatmap(model).eval()(images)
         actual = torch.export.load(str(path)).module()(images)
     torch.testing.assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("name", ["ganomaly", "skip_ganomaly", "fanogan"])  # FNED: the checkpoint tests above
+@pytest.mark.parametrize("format", ["onnx", "pt2"])
+def test_every_model_exports_and_matches_pytorch(name, format, tmp_path):
+    import onnxruntime
+    from hydra.utils import instantiate
+
+    from tests.conftest import TINY_MODELS, compose_config
+
+    model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name]).model)
+    model.score_min.fill_(1.0), model.score_max.fill_(3.0)
+    wrapper = ScoreAndHeatmap(model).eval()
+    output = tmp_path / f"model.{format}"
+    write(wrapper, torch.rand(2, 1, 16, 16), output, format, opset=17)
+    images = torch.rand(3, 1, 16, 16)  # another batch size than the example's
+    with torch.no_grad():
+        expected = wrapper(images)
+    if format == "onnx":
+        session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+        actual = [torch.from_numpy(a) for a in session.run(None, {"images": images.numpy()})]
+    else:
+        actual = torch.export.load(str(output)).module()(images)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)

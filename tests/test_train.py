@@ -151,9 +151,11 @@ def test_a_test_folder_without_abnormal_images_reports_undefined_auroc(tmp_path,
     assert metrics["auroc"] is None and metrics["n_test_abnormal"] == 0
 
 
-def test_ddp_on_two_cpu_processes_scores_each_test_image_once(tmp_path):
+@pytest.mark.parametrize("on_device", [False, True])  # Lightning's distributed sampler, or our own split of each epoch
+def test_ddp_on_two_cpu_processes_scores_each_test_image_once(tmp_path, on_device):
     done = run_cli(*TINY, *SYNTHETIC, "data.n_test_normal=9", "trainer.max_epochs=1", "trainer.accelerator=cpu",
-                   "trainer.devices=2", "trainer.strategy=ddp_find_unused_parameters_true", tmp_path=tmp_path)
+                   "trainer.devices=2", "trainer.strategy=ddp_find_unused_parameters_true", f"data.on_device={on_device}",
+                   tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     _, metrics, rows = results(tmp_path)
     assert metrics["n_test"] == metrics["n_scored"] == len(rows) == 17  # 17 over 2 ranks: one padded repeat dropped

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from fned_lightning.networks.layers import WholeImageConv2d, WholeImageConvTranspose2d
+
 
 def dcgan_init(module: nn.Module) -> None:
     """DCGAN weight init: N(0, 0.02) convs, N(1, 0.02) BatchNorm scales."""
@@ -35,7 +37,7 @@ class DCGANEncoder(nn.Module):
             layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), norm, nn.LeakyReLU(0.2, inplace=True)]
             size, ch = size // 2, ch * 2
         self.features = nn.Sequential(*layers)
-        self.head = nn.Conv2d(ch, out_channels, 4, 1, 0, bias=False)
+        self.head = WholeImageConv2d(ch, out_channels, 4, 1, 0, bias=False)  # 4x4 -> 1x1: a matrix product
         self.apply(dcgan_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +63,7 @@ class DCGANDecoder(nn.Module):
         super().__init__()
         check_size(image_size, type(self).__name__)
         ch = width * image_size // 8  # mirrors the encoder: `width` channels at image_size / 2
-        layers: list[nn.Module] = [nn.ConvTranspose2d(latent, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+        layers: list[nn.Module] = [WholeImageConvTranspose2d(latent, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
         size = 4
         while size < image_size // 2:
             layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
