@@ -71,7 +71,7 @@ class PaperProtocol(L.Callback):
             pl_module.load_state_dict(self.best_state)
             log.info("protocol=paper: testing epoch %d, the one with the best test AUROC (%.4f)", self.best_epoch, self.best_auroc)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def test_auroc(self, trainer, pl_module) -> float:
         was_training = pl_module.training
         pl_module.train()  # BatchNorm on batch statistics, as the anchors evaluated

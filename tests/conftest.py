@@ -54,12 +54,12 @@ def run_cli(*overrides: str, tmp_path: Path, module: str = "fned_lightning.train
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
-def compose_config(*overrides: str):
-    """The real Hydra config, composed as the CLI would."""
+def compose_config(*overrides: str, return_hydra: bool = False):
+    """The real Hydra config, composed as the CLI would (with its `hydra` node if `return_hydra`)."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        return compose("train", overrides=list(overrides), return_hydra_config=return_hydra)
 
 
 TINY_MODELS = {  # every model config, a few channels wide

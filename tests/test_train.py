@@ -183,3 +183,23 @@ def test_the_one_gpu_paper_script_runs_with_a_tiny_budget_on_cpu(tmp_path, cifar
     config = (runs[0] / "config.yaml").read_text()
     assert "precision: bf16-mixed" in config and "on_device: true" in config and "channels_last: true" in config
     assert json.loads((runs[0] / "metrics.json").read_text())["n_scored"] == 23
+
+
+def test_the_slurm_launcher_asks_for_one_gpu_per_run(tmp_path, monkeypatch):
+    """Renders the sbatch script that submitit would submit, from our launcher config (no cluster here)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))  # pretend srun exists
+    launcher = compose_config("hydra/launcher=slurm", "hydra.launcher.partition=gpu", return_hydra=True).hydra.launcher
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm", slurm_max_num_timeout=launcher.max_num_timeout)
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())  # as hydra-submitit-launcher passes them on
+    executor.update_parameters(**{key if key in shared else f"slurm_{key}": value
+                                  for key, value in OmegaConf.to_container(launcher).items()
+                                  if key not in {"_target_", "submitit_folder", "max_num_timeout"}})
+    sbatch = executor._executor._make_submission_file_text("python -m fned_lightning.train", "0")
+    for line in ("--gpus-per-node=1", "--ntasks-per-node=1", "--nodes=1", "--partition=gpu", "--cpus-per-task=8"):
+        assert f"#SBATCH {line}\n" in sbatch
