@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from fned_lightning.data import to_model_range
+from fned_lightning.networks.layers import to_channels_last
 from fned_lightning.scoring import ranking_metrics
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Speedups(L.Callback):
 
     def setup(self, trainer, pl_module, stage):
         if self.channels_last:
-            pl_module.to(memory_format=torch.channels_last)
+            to_channels_last(pl_module)
         if self.compile:
             for network in pl_module.children():
                 network.compile()

@@ -4,7 +4,13 @@ import torch
 from fned_lightning.errors import InputError
 from fned_lightning.networks.dcgan import DCGANDiscriminator
 from fned_lightning.networks.fned import FNEDGenerator
-from fned_lightning.networks.layers import FoldConvTranspose2d, WholeImageConv2d, WholeImageConvTranspose2d
+from fned_lightning.networks.layers import (
+    FoldConvTranspose2d,
+    WholeImageConv2d,
+    WholeImageConvTranspose2d,
+    to_channels_last,
+)
+from fned_lightning.networks.unet import UNetGenerator
 
 
 @pytest.mark.parametrize("size,channels", [(16, 1), (32, 3), (64, 1)])
@@ -79,3 +85,12 @@ def test_whole_image_layers_refuse_inputs_they_do_not_cover():
         WholeImageConvTranspose2d(3, 4, 4, 2, 1)(torch.zeros(1, 3, 2, 2))
     with pytest.raises(ValueError, match="groups=1"):
         FoldConvTranspose2d(4, 4, 4, 2, 1, groups=2)
+
+
+def test_channels_last_skips_the_matrix_product_layers():
+    network = to_channels_last(UNetGenerator(image_size=16, channels=3, width=4))
+    for module in network.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            matrix_product = isinstance(module, (WholeImageConv2d, WholeImageConvTranspose2d, FoldConvTranspose2d))
+            assert module.weight.is_contiguous(memory_format=torch.channels_last) != matrix_product, module
+    assert any(isinstance(module, FoldConvTranspose2d) for module in network.modules())

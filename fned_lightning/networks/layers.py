@@ -64,3 +64,12 @@ class FoldConvTranspose2d(Ungrouped, nn.ConvTranspose2d):
                 in zip((height, width), self.stride, self.padding, self.kernel_size, self.output_padding)]
         out = F.fold(patches.transpose(1, 2), size, self.kernel_size, padding=self.padding, stride=self.stride)
         return out if self.bias is None else out + self.bias[:, None, None]
+
+
+def to_channels_last(network: nn.Module) -> nn.Module:
+    """channels_last weights for the convolutions (the layout oneDNN and tensor cores want), except
+    the matrix-product layers above: theirs would be copied back to a plain matrix on every use."""
+    for module in network.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and not isinstance(module, Ungrouped):
+            module.to(memory_format=torch.channels_last)
+    return network
