@@ -4,8 +4,8 @@ For each model at 32x32, batch 64: training images/s (a whole G+D step through L
 user runs it), inference images/s (scores and reconstructions, `torch.inference_mode`), the
 FLOPs per image of both (torch.utils.flop_counter; one FLOP = one multiply or one add) and the
 GFLOP/s they achieve; the data path alone (datamodule to a ready batch on the device); and, as
-the machine's own yardstick, a large 3x3 convolution forward + backward, measured just before and
-after each model. Medians of `--repeats` after `--warmup`. A benchmark: it asserts nothing.
+the machine's own yardstick, a large 3x3 convolution forward + backward, timed right after each
+training step. Medians of `--repeats` after `--warmup`. A benchmark: it asserts nothing.
 """
 
 import argparse
@@ -38,18 +38,22 @@ def median_seconds(step, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def conv_yardstick(device: torch.device, repeats: int, warmup: int) -> dict:
+class ConvYardstick:
     """A large 3x3 convolution, forward + backward: about the best this machine does on conv work."""
-    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device)
-    x = torch.randn(64, 128, 32, 32, device=device, requires_grad=True)
 
-    def step():
-        conv(x).sum().backward()
-        sync(device)
+    FLOPS = 3 * 2 * 64 * 32 * 32 * 128 * 128 * 9  # forward, and the two backward convolutions
 
-    flops = 3 * 2 * 64 * 32 * 32 * 128 * 128 * 9  # forward, and the two backward convolutions
-    seconds = median_seconds(step, repeats, warmup)
-    return {"gflop_per_s": flops / seconds / 1e9, "seconds": seconds}
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device)
+        self.x = torch.randn(64, 128, 32, 32, device=device, requires_grad=True)
+        self.seconds()  # warm-up
+
+    def seconds(self) -> float:
+        start = time.perf_counter()
+        self.conv(self.x).sum().backward()
+        sync(self.device)
+        return time.perf_counter() - start
 
 
 def sync(device: torch.device) -> None:
@@ -58,8 +62,13 @@ def sync(device: torch.device) -> None:
 
 
 class StepTimer(L.Callback):
-    def __init__(self):
+    """Times each training step, then one yardstick step right after it: a shared machine's speed
+    drifts within seconds, so each model is compared with the machine as it was at that moment."""
+
+    def __init__(self, yardstick: ConvYardstick):
+        self.yardstick = yardstick
         self.times: list[float] = []
+        self.yardstick_times: list[float] = []
 
     def on_train_batch_start(self, *_):
         sync(self.device)
@@ -68,6 +77,7 @@ class StepTimer(L.Callback):
     def on_train_batch_end(self, *_):
         sync(self.device)
         self.times.append(time.perf_counter() - self._start)
+        self.yardstick_times.append(self.yardstick.seconds())
 
     def setup(self, trainer, pl_module, stage):
         self.device = pl_module.device
@@ -86,15 +96,18 @@ def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmu
     data = SyntheticParts(n_train=batch_size * (repeats + warmup + 1), n_test_normal=8, n_test_abnormal=8,
                           image_size=image_size, channels=3, batch_size=batch_size, val_fraction=0.0)
     model = instantiate(cfg.model)
-    timer = StepTimer()
+    timer = StepTimer(ConvYardstick(torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")))
     trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=2 if name == "fanogan" else 1, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[timer, Speedups(channels_last=channels_last)])
     trainer.fit(model, datamodule=data)  # f-AnoGAN needs two: the first its WGAN-GP, the second its encoder
-    if name == "fanogan":  # the WGAN-GP epoch, averaged: a generator update comes every `critic_steps` batches
-        train_seconds = statistics.mean(timer.times[warmup : len(timer.times) // 2])
+    if name == "fanogan":  # WGAN-GP batches, averaged over one cycle: a generator update every `critic_steps`
+        timed = slice(warmup, min(warmup + model.hparams.critic_steps, len(timer.times) // 2))
+        train_seconds = statistics.mean(timer.times[timed])
     else:
-        train_seconds = statistics.median(timer.times[warmup:])
+        timed = slice(warmup, None)
+        train_seconds = statistics.median(timer.times[timed])
+    yardstick_gflop_per_s = ConvYardstick.FLOPS / statistics.median(timer.yardstick_times[timed]) / 1e9
 
     device = model.device
     x = torch.rand(batch_size, 3, image_size, image_size, device=device) * 2 - 1
@@ -112,10 +125,13 @@ def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmu
         model(x)
     infer_flops = counter.total / batch_size
     train_flops = training_flops(name, batch_size, image_size) / batch_size
+    train_gflop_per_s = train_flops * batch_size / train_seconds / 1e9
     return {
         "train_images_per_s": batch_size / train_seconds,
         "train_gflop_per_image": train_flops / 1e9,
-        "train_gflop_per_s": train_flops * batch_size / train_seconds / 1e9,
+        "train_gflop_per_s": train_gflop_per_s,
+        "yardstick_gflop_per_s": yardstick_gflop_per_s,
+        "train_fraction_of_yardstick": train_gflop_per_s / yardstick_gflop_per_s,
         "infer_images_per_s": batch_size / infer_seconds,
         "infer_gflop_per_image": infer_flops / 1e9,
         "infer_gflop_per_s": infer_flops * batch_size / infer_seconds / 1e9,
@@ -222,13 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         "models": {},
     }
     for name in args.models:
-        # The yardstick just before and after each model (a shared machine drifts within a run); the
-        # higher of the two, so that a dip does not flatter the model.
-        before = conv_yardstick(device, args.repeats, args.warmup)["gflop_per_s"]
         r = bench_model(name, args.batch_size, args.image_size, args.repeats, args.warmup, args.accelerator, args.channels_last)
-        yardstick = max(before, conv_yardstick(device, args.repeats, args.warmup)["gflop_per_s"])
-        r["yardstick_gflop_per_s"] = yardstick
-        r["train_fraction_of_yardstick"] = r["train_gflop_per_s"] / yardstick
         r["data_path_vs_train_step"] = results["data_path"]["images_per_s"] / r["train_images_per_s"]
         results["models"][name] = r
         print(f"{name}: {r['train_images_per_s']:.1f} train images/s, {r['infer_images_per_s']:.1f} inference images/s", flush=True)
