@@ -4,8 +4,8 @@ For each model at 32x32, batch 64: training images/s (a whole G+D step through L
 user runs it), inference images/s (scores and reconstructions, `torch.inference_mode`), the
 FLOPs per image of both (torch.utils.flop_counter; one FLOP = one multiply or one add) and the
 GFLOP/s they achieve; the data path alone (datamodule to a ready batch on the device); and, as
-the machine's own yardstick, a large 3x3 convolution forward + backward, timed right after each
-training step. Medians of `--repeats` after `--warmup`. A benchmark: it asserts nothing.
+the machine's own yardstick, a large 3x3 convolution forward + backward, timed just before and
+just after each training step. Medians of `--repeats` after `--warmup`. A benchmark: it asserts nothing.
 """
 
 import argparse
@@ -62,22 +62,24 @@ def sync(device: torch.device) -> None:
 
 
 class StepTimer(L.Callback):
-    """Times each training step, then one yardstick step right after it: a shared machine's speed
-    drifts within seconds, so each model is compared with the machine as it was at that moment."""
+    """Times each training step, and a yardstick step just before and just after it: a shared
+    machine's speed drifts within seconds, so the steps are compared with the machine as it was
+    around them."""
 
     def __init__(self, yardstick: ConvYardstick):
         self.yardstick = yardstick
         self.times: list[float] = []
-        self.yardstick_times: list[float] = []
+        self.yardstick_times: list[float] = []  # the mean of the two around each step
 
     def on_train_batch_start(self, *_):
+        self._before = self.yardstick.seconds()
         sync(self.device)
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, *_):
         sync(self.device)
         self.times.append(time.perf_counter() - self._start)
-        self.yardstick_times.append(self.yardstick.seconds())
+        self.yardstick_times.append((self._before + self.yardstick.seconds()) / 2)
 
     def setup(self, trainer, pl_module, stage):
         self.device = pl_module.device
