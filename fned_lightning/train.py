@@ -24,7 +24,7 @@ from fned_lightning.callbacks import PaperProtocol
 from fned_lightning.data import to_model_range
 from fned_lightning.errors import InputError, input_error_in
 from fned_lightning.figures import reconstruction_grid, roc_and_pr_curves, score_histogram
-from fned_lightning.module import PROTOCOLS
+from fned_lightning.models.detector import PROTOCOLS
 from fned_lightning.scoring import min_max_normalise
 
 log = logging.getLogger(__name__)

@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from fned_lightning import module
+from fned_lightning.models import fned as fned_module
 from fned_lightning.data import SyntheticParts
 from fned_lightning.errors import InputError
-from fned_lightning.module import AnomalyGAN, constant_then_linear_decay
+from fned_lightning.models.fned import AnomalyGAN, constant_then_linear_decay
 from fned_lightning.networks.dcgan import dcgan_init
 
 
@@ -51,7 +51,7 @@ def test_discriminator_is_reinitialised_when_its_loss_collapsed_at_the_next_chec
     monkeypatch, collapse_loss, interval, batches, reinit
 ):
     reinitialised = []
-    monkeypatch.setattr(module, "dcgan_init", lambda layer: reinitialised.append(layer) or dcgan_init(layer))
+    monkeypatch.setattr(fned_module, "dcgan_init", lambda layer: reinitialised.append(layer) or dcgan_init(layer))
     L.seed_everything(0)
     model = tiny_model(d_collapse_loss=collapse_loss, d_collapse_check_interval=interval)
     trainer = fit(model, max_epochs=1, limit_train_batches=batches, limit_val_batches=0)
@@ -116,17 +116,30 @@ def test_every_gan_config_trains_both_networks_and_scores_images(name):
 
 
 class SnapshotAfterFirstEpoch(L.Callback):
+    """Parameters and buffers after epoch 0, and the networks' modes at every later training batch."""
+
+    def __init__(self):
+        self.modes: set[tuple[str, bool]] = set()
+
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch == 0:
-            self.weights = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+            self.state = {n: t.detach().clone() for n, t in pl_module.state_dict().items()}
+
+    def on_train_batch_end(self, trainer, pl_module, *_):
+        if trainer.current_epoch > 0:
+            self.modes |= {(name, network.training) for name, network in pl_module.named_children()}
 
 
-def test_fanogan_trains_the_gan_then_only_the_encoder():
+def test_fanogan_trains_the_gan_then_only_the_encoder_with_the_rest_frozen_in_eval_mode():
     snapshot = SnapshotAfterFirstEpoch()
-    model, _, changed = fit_config_model("fanogan", max_epochs=2, limit_val_batches=0, callbacks=[snapshot])
+    model, _, changed = fit_config_model("fanogan", max_epochs=2, callbacks=[snapshot])  # validation in between
     assert model.gan_epochs == 1
     assert changed == {"generator", "critic", "encoder"}
-    assert changed_networks(model, snapshot.weights) == {"encoder"}  # epoch 2: G and D frozen
+    networks = {n: t for n, t in model.state_dict().items() if "." in n}  # not the fitted score_* buffers
+    moved = {n.split(".")[0] for n, t in networks.items() if not torch.equal(t, snapshot.state[n])}
+    assert moved == {"encoder"}  # epoch 2: no parameter and no BatchNorm statistic of G or the critic moves
+    assert any(n.startswith("generator.") and n.endswith("running_mean") for n in snapshot.state)
+    assert snapshot.modes == {("generator", False), ("critic", False), ("encoder", True)}
 
 
 def test_fanogan_refuses_a_single_epoch():

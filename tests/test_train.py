@@ -76,17 +76,6 @@ def test_user_mistakes_get_one_clear_message_and_no_traceback(tmp_path, override
     assert "Traceback" not in output
 
 
-def test_paper_protocol_is_labelled_and_picks_an_epoch_on_test_labels(tmp_path):
-    done = run_cli(*TINY, *SYNTHETIC, "trainer.max_epochs=2", "protocol=paper", tmp_path=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    run, metrics, _ = results(tmp_path)
-    assert metrics["protocol"] == "paper" and metrics["normalisation"] == "test_minmax"
-    assert metrics["f1"] == metrics["f1_test_minmax"]
-    assert metrics["tested_epoch"] in (0, 1)
-    logged = (run / "csv" / "metrics.csv").read_text()
-    assert "paper/test_auroc" in logged
-
-
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
 def test_a_failing_sweep_job_keeps_the_others_results(tmp_path, launcher):
     sweep = tmp_path / "sweep"

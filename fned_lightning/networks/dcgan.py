@@ -56,6 +56,21 @@ class DCGANDiscriminator(DCGANEncoder):
         return self.head(features).flatten(), features.flatten(1)
 
 
+class DCGANLatentDiscriminator(DCGANEncoder):
+    """Skip-GANomaly's D (its reference's `BasicDiscriminator`): f(x) is the encoder's whole output, a
+    `latent`-d vector from the 4x4 conv (no activation), and a 3x3 conv `latent` -> 1 classifies it.
+    On that 1x1 input only the conv's centre tap meets the vector: a matrix product (networks.layers)."""
+
+    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64, latent: int = 100):
+        super().__init__(image_size, channels, width, out_channels=latent)
+        self.classifier = WholeImageConv2d(latent, 1, 3, 1, 1, bias=False)
+        dcgan_init(self.classifier)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.head(self.features(x))
+        return self.classifier(features).flatten(), features.flatten(1)
+
+
 class DCGANDecoder(nn.Module):
     """z (N x latent x 1 x 1) -> image: ConvTranspose 4x4 + BatchNorm + ReLU up from 4x4, Tanh output."""
 

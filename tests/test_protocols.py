@@ -1,0 +1,158 @@
+"""Both protocols and the learning-rate schedules, observed during real training: which weights are
+tested, whether test data is read during fit, and the learning rate each epoch actually used."""
+
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from fned_lightning.callbacks import PaperProtocol
+from fned_lightning.data import SyntheticParts
+from tests.conftest import TINY, TINY_MODELS, compose_config, run_cli
+
+
+class GuardedParts(SyntheticParts):
+    """Synthetic parts whose test data raises when anything touches it while the trainer fits."""
+
+    def fitting(self) -> bool:
+        return self.trainer is not None and self.trainer.state.fn == "fit"
+
+    @property
+    def test_set(self):
+        if self.fitting():
+            raise AssertionError("the test set was read during fit")
+        return self._test_set
+
+    @test_set.setter
+    def test_set(self, value):
+        self._test_set = value
+
+    def test_dataloader(self):
+        if self.fitting():
+            raise AssertionError("the test data were loaded during fit")
+        return super().test_dataloader()
+
+
+class WeightsPerEpoch(L.Callback):
+    """The weights at the end of each training epoch, and the weights the test pass starts with."""
+
+    def __init__(self):
+        self.epochs: list[dict[str, torch.Tensor]] = []
+        self.tested: dict[str, torch.Tensor] | None = None
+
+    @staticmethod
+    def copy(module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs.append(self.copy(pl_module))
+
+    def on_test_start(self, trainer, pl_module):
+        self.tested = self.copy(pl_module)
+
+
+def same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def fit_and_test(*callbacks, name: str = "fned", epochs: int = 3):
+    L.seed_everything(0)
+    model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name]).model)
+    data = GuardedParts(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2)
+    data.setup("fit")  # split before fit, as train() does (the split counts the test labels for its log line)
+    trainer = L.Trainer(max_epochs=epochs, limit_train_batches=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=list(callbacks))
+    trainer.fit(model, datamodule=data)
+    trainer.test(model, datamodule=data, verbose=False)
+    return model
+
+
+def test_honest_protocol_never_reads_test_data_during_fit_and_tests_the_last_epoch():
+    weights = WeightsPerEpoch()
+    model = fit_and_test(weights)
+    assert model.test_results["metrics"]["n_scored"] == 16  # the test did read it, after fit
+    assert len(weights.epochs) == 3 and not same(weights.epochs[1], weights.epochs[2])
+    assert same(weights.tested, weights.epochs[-1])
+
+
+def test_the_guard_catches_the_paper_protocol_reading_test_data_during_fit():
+    with pytest.raises(AssertionError, match="loaded during fit"):
+        fit_and_test(PaperProtocol())
+
+
+class ScriptedPaperProtocol(PaperProtocol):
+    """The paper's selection with test AUROCs given in advance: the best is epoch 1 of 0, 1, 2."""
+
+    AUROCS = [0.6, 0.9, 0.7]
+
+    def test_auroc(self, trainer, pl_module) -> float:
+        return self.AUROCS[trainer.current_epoch]
+
+
+def test_paper_protocol_tests_the_weights_of_the_best_epoch_not_the_last():
+    weights, paper = WeightsPerEpoch(), ScriptedPaperProtocol()
+    GuardedParts.fitting = lambda self: False  # the paper's protocol reads test data by design
+    try:
+        fit_and_test(paper, weights)  # the selection runs before the snapshot in each epoch's end
+    finally:
+        del GuardedParts.fitting
+    assert paper.best_epoch == 1 and paper.best_auroc == 0.9
+    assert not same(weights.epochs[1], weights.epochs[2])
+    assert same(weights.tested, weights.epochs[1])
+
+
+def test_paper_protocol_run_is_labelled_and_reports_the_best_logged_epoch_and_its_auroc(tmp_path):
+    synthetic = ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
+    done = run_cli(*TINY, *synthetic, "trainer.max_epochs=3", "protocol=paper", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["protocol"] == "paper" and metrics["normalisation"] == "test_minmax"
+    assert metrics["f1"] == metrics["f1_test_minmax"]
+    lines = (run / "csv" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    column, epoch_column = header.index("paper/test_auroc"), header.index("epoch")
+    logged = {int(row[epoch_column]): float(row[column]) for row in (line.split(",") for line in lines[1:]) if row[column]}
+    assert sorted(logged) == [0, 1, 2]
+    best = max(logged, key=lambda epoch: (logged[epoch], -epoch))  # the first of equals, as the selection keeps it
+    assert metrics["tested_epoch"] == best
+    assert metrics["auroc"] == pytest.approx(logged[best], abs=1e-6)  # the same weights, the same train-mode pass
+
+
+class LearningRates(L.Callback):
+    """The learning rate of every optimiser at the first batch of each epoch, as the step uses it."""
+
+    def __init__(self):
+        self.per_epoch: list[list[float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.per_epoch.append([opt.param_groups[0]["lr"] for opt in trainer.optimizers])
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        # FNED: constant, then linear decay over the last half (4 epochs: factors 1, 1, 2/3, 1/3)
+        ("fned", [[2e-4, 2e-4]] * 2 + [[2e-4 * 2 / 3] * 2, [2e-4 / 3] * 2]),
+        ("ganomaly", [[2e-4, 2e-4]] * 4),  # constant: the references never step a scheduler
+        ("skip_ganomaly", [[2e-4, 2e-4]] * 4),
+        ("fanogan", [[1e-4, 1e-4, 5e-5]] * 4),  # G and critic Adam, encoder RMSprop
+    ],
+)
+def test_learning_rate_used_in_each_epoch(name, expected):
+    rates = LearningRates()
+    L.seed_everything(0)
+    model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name]).model)
+    data = SyntheticParts(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2)
+    L.Trainer(max_epochs=4, limit_train_batches=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              num_sanity_val_steps=0, callbacks=[rates]).fit(model, datamodule=data)
+    assert len(rates.per_epoch) == 4
+    for used, wanted in zip(rates.per_epoch, expected):
+        assert used == pytest.approx(wanted, rel=1e-9)
+    if name == "fanogan":
+        assert [type(opt).__name__ for opt in model.trainer.optimizers] == ["Adam", "Adam", "RMSprop"]
+        assert math.isclose(model.trainer.optimizers[2].param_groups[0]["alpha"], 0.9)
