@@ -46,8 +46,12 @@ def load_detector(ckpt_path: str | Path, device: str | torch.device = "cpu"):
     info = checkpoint.get("fned_lightning") if isinstance(checkpoint, dict) else None
     if info is None:
         raise InputError(f"{path} is not a fned_lightning checkpoint; pass the checkpoints/last.ckpt that a train run wrote")
-    model = get_class(info["model_target"])(**checkpoint["hyper_parameters"])
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model = get_class(info["model_target"])(**checkpoint["hyper_parameters"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except (ImportError, TypeError, RuntimeError) as error:  # a class moved, an argument or a layer changed
+        raise InputError(f"{path} holds a {info['model_target']} that this version of fned_lightning cannot rebuild "
+                         f"(the model changed since; retrain it): {str(error).splitlines()[0]}") from error
     return model.to(device).eval(), info
 
 

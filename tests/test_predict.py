@@ -112,6 +112,14 @@ def test_a_file_that_is_no_checkpoint_of_ours_is_refused(tmp_path, parts):
         predict(predict_config(tmp_path / "other.ckpt", parts, tmp_path / "out"))
 
 
+def test_a_checkpoint_of_an_older_version_is_refused_with_the_fix(checkpoint, tmp_path):
+    old = torch.load(checkpoint, weights_only=True)
+    old["fned_lightning"]["model_target"] = "fned_lightning.module.AnomalyGAN"  # where the class lived before
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(InputError, match="cannot rebuild .* retrain it"):
+        load_detector(tmp_path / "old.ckpt")
+
+
 def test_an_output_folder_that_cannot_be_written_is_named(checkpoint, parts, tmp_path):
     (tmp_path / "file").write_text("a file where a folder should go")
     with pytest.raises(InputError, match=f"cannot write to output={tmp_path / 'file' / 'out'}"):

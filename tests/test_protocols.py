@@ -58,13 +58,21 @@ def same(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def quiet_trainer(**args) -> L.Trainer:
+    return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, **args)
+
+
+def tiny_parts(data_class=SyntheticParts):
+    return data_class(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2)
+
+
 def fit_and_test(*callbacks, name: str = "fned", epochs: int = 3):
     L.seed_everything(0)
     model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name]).model)
-    data = GuardedParts(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2)
+    data = tiny_parts(GuardedParts)
     data.setup("fit")  # split before fit, as train() does (the split counts the test labels for its log line)
-    trainer = L.Trainer(max_epochs=epochs, limit_train_batches=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=list(callbacks))
+    trainer = quiet_trainer(max_epochs=epochs, limit_train_batches=2, callbacks=list(callbacks))
     trainer.fit(model, datamodule=data)
     trainer.test(model, datamodule=data, verbose=False)
     return model
@@ -147,9 +155,8 @@ def test_learning_rate_used_in_each_epoch(name, expected):
     rates = LearningRates()
     L.seed_everything(0)
     model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name]).model)
-    data = SyntheticParts(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2)
-    L.Trainer(max_epochs=4, limit_train_batches=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-              num_sanity_val_steps=0, callbacks=[rates]).fit(model, datamodule=data)
+    data = tiny_parts()
+    quiet_trainer(max_epochs=4, limit_train_batches=1, limit_val_batches=0, callbacks=[rates]).fit(model, datamodule=data)
     assert len(rates.per_epoch) == 4
     for used, wanted in zip(rates.per_epoch, expected):
         assert used == pytest.approx(wanted, rel=1e-9)

@@ -24,17 +24,15 @@ def check_size(image_size: int, name: str) -> None:
 
 class DCGANEncoder(nn.Module):
     """Conv 4x4 stride 2 (+ BatchNorm) + LeakyReLU(0.2) down to 4x4 (`features`), then a 4x4 conv to
-    `out_channels` x 1 x 1 (`head`). `batch_norm=False` gives a WGAN-GP critic (no batch coupling)."""
+    `out_channels` x 1 x 1 (`head`)."""
 
-    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64, out_channels: int = 100,
-                 batch_norm: bool = True):
+    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64, out_channels: int = 100):
         super().__init__()
         check_size(image_size, type(self).__name__)
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         size, ch = image_size // 2, width
         while size > 4:
-            norm = nn.BatchNorm2d(ch * 2) if batch_norm else nn.Identity()
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), norm, nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, inplace=True)]
             size, ch = size // 2, ch * 2
         self.features = nn.Sequential(*layers)
         self.head = WholeImageConv2d(ch, out_channels, 4, 1, 0, bias=False)  # 4x4 -> 1x1: a matrix product
@@ -48,8 +46,8 @@ class DCGANDiscriminator(DCGANEncoder):
     """The encoder with one output: `forward` returns (logits, f(x) flattened). The sigmoid lives in
     BCE-with-logits for numerical stability."""
 
-    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64, batch_norm: bool = True):
-        super().__init__(image_size, channels, width, out_channels=1, batch_norm=batch_norm)
+    def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64):
+        super().__init__(image_size, channels, width, out_channels=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.features(x)
