@@ -81,6 +81,22 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
+INTENSITIES = ("none", "per_image")
+
+
+def image_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's mean and standard deviation over all its pixels and channels, shaped N x 1 x 1 x 1."""
+    flat = x.flatten(1).float()
+    return flat.mean(1)[:, None, None, None], flat.std(1)[:, None, None, None]
+
+
+def match_intensity(x: torch.Tensor, mean: float | torch.Tensor, std: float | torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] with each one's mean and standard deviation mapped to (mean, std), clamped to
+    [-1, 1] (data.intensity=per_image; a blank image is not stretched past 1e-3 of spread)."""
+    image_mean, image_std = image_moments(x)
+    return ((x - image_mean) * (std / image_std.clamp_min(1e-3)) + mean).clamp(-1, 1)
+
+
 def check_image_size(image_size: int) -> None:
     if image_size < SIZE_MULTIPLE or image_size % SIZE_MULTIPLE:
         raise InputError(
@@ -153,9 +169,12 @@ class AnomalyDataModule(L.LightningDataModule):
         split_seed: int = 0,
         num_workers: int = 0,
         on_device: bool = False,
+        intensity: str = "none",
     ):
         super().__init__()
         check_image_size(image_size)
+        if intensity not in INTENSITIES:
+            raise InputError(f"unknown data.intensity={intensity}; choose one of: {', '.join(INTENSITIES)}")
         if channels not in (1, 3):
             raise InputError(f"data.channels must be 1 (grey) or 3 (colour), got {channels}")
         if not 0 <= val_fraction < 1:
@@ -165,6 +184,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
         self.on_device = on_device  # keep the uint8 images on the accelerator: shuffled and sliced there, no copies
+        self.intensity = intensity  # the model applies it (see models.detector), so predict and export do too
         self.train_set: InMemoryImages | None = None
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
@@ -190,6 +210,12 @@ class AnomalyDataModule(L.LightningDataModule):
         self.test_set = InMemoryImages(test[test_order], test_labels[test_order])
         self.test_names = [names[i] for i in test_order.tolist()]
         log.info("split sizes: %s", self.split_sizes())
+
+    def intensity_reference(self) -> tuple[float, float]:
+        """The mean, over the normal training images, of each image's mean and of its standard
+        deviation, in [-1, 1]: what data.intensity=per_image maps every image to."""
+        moments = [image_moments(to_model_range(chunk)) for chunk in self.train_set.images.split(1024)]
+        return tuple(torch.cat(parts).mean().item() for parts in zip(*moments))
 
     def split_sizes(self) -> dict[str, int]:
         labels = self.test_set.labels

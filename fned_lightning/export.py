@@ -55,7 +55,7 @@ def export(cfg: DictConfig) -> Path:
     if cfg.format not in FORMATS:
         raise InputError(f"unknown format={cfg.format}; choose one of: {', '.join(FORMATS)}")
     model, info = load_detector(cfg.ckpt_path)
-    low, span = model.score_min.item(), model.score_max.item() - model.score_min.item()
+    low, span = model.score_min.item(), max(model.score_max.item() - model.score_min.item(), 1e-12)  # as ScoreAndHeatmap
     thresholds = {rule: (decision_rule(model, rule)[0] - low) / span for rule in ("calibrated", "paper")}
     wrapper = ScoreAndHeatmap(model).eval()
     example = torch.rand(2, info["channels"], info["image_size"], info["image_size"])

@@ -3,6 +3,7 @@
 import lightning as L
 import torch
 
+from fned_lightning.data import INTENSITIES, image_moments, match_intensity
 from fned_lightning.errors import InputError
 from fned_lightning.scoring import evaluate, min_max_normalise
 
@@ -10,28 +11,62 @@ PROTOCOLS = ("honest", "paper")
 
 
 class AnomalyDetector(L.LightningModule):
-    """Evaluation shared by every model; subclasses give `forward(x) -> (scores, x_fake)` and training.
+    """Evaluation shared by every model; subclasses give `score(x) -> (scores, x_fake)` and training.
 
     After each validation run, on the normal validation split, it fits and keeps in the checkpoint
     `score_min` / `score_max` (the min-max normalisation, so a deployed model normalises one image
     at a time) and `score_threshold`, the raw score that a `false_positive_rate` share of normal
     validation images exceed (the calibrated threshold, beside the paper's fixed `threshold` on
     normalised scores). protocol="paper" tests with BatchNorm in training mode, as the anchors did.
+
+    intensity="per_image" (data.intensity) maps each image's mean and standard deviation to those of
+    the normal training images (`intensity_mean` / `intensity_std`, fitted when training starts and
+    kept in the checkpoint) before the networks see it, in training and in `forward`, so validation,
+    test, predict and the exported model all see the same: a lighting drift is not an anomaly.
     """
 
-    def __init__(self, threshold: float = 0.2, protocol: str = "honest", false_positive_rate: float = 0.05):
+    def __init__(self, threshold: float = 0.2, protocol: str = "honest", false_positive_rate: float = 0.05,
+                 intensity: str = "none"):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise InputError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
         if not 0 < false_positive_rate < 1:
             raise InputError(f"model.false_positive_rate must be in (0, 1), got {false_positive_rate}")
+        if intensity not in INTENSITIES:
+            raise InputError(f"unknown intensity {intensity!r}; choose one of: {', '.join(INTENSITIES)}")
         self.threshold, self.protocol, self.false_positive_rate = threshold, protocol, false_positive_rate
+        self.intensity = intensity
+        self.register_buffer("intensity_mean", torch.tensor(float("nan")))
+        self.register_buffer("intensity_std", torch.tensor(float("nan")))
         self.register_buffer("score_min", torch.tensor(float("nan")))
         self.register_buffer("score_max", torch.tensor(float("nan")))
         self.register_buffer("score_threshold", torch.tensor(float("nan")))
         self._val_scores: list[torch.Tensor] = []
         self._test_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.test_results: dict | None = None
+
+    def on_fit_start(self) -> None:
+        if self.intensity == "per_image" and torch.isnan(self.intensity_std):  # not when resuming: kept in the checkpoint
+            mean, std = self.trainer.datamodule.intensity_reference()
+            self.intensity_mean.fill_(mean)
+            self.intensity_std.fill_(std)
+
+    def match_intensity(self, x: torch.Tensor) -> torch.Tensor:
+        """x as the networks see it: with intensity="per_image", each image's mean and standard deviation
+        mapped to the normal training images' (clamped to [-1, 1], the Tanh range); else unchanged."""
+        return x if self.intensity == "none" else match_intensity(x, self.intensity_mean, self.intensity_std)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw anomaly scores and reconstructions of images in [-1, 1]. The reconstruction is returned
+        in the image's own intensity, so residual maps and figures compare like with like."""
+        scores, x_fake = self.score(self.match_intensity(x))
+        if self.intensity == "per_image":
+            mean, std = image_moments(x)
+            x_fake = (x_fake - self.intensity_mean) * (std.clamp_min(1e-3) / self.intensity_std) + mean
+        return scores, x_fake
+
+    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
     def normalise(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores mapped with the (min, max) fitted on normal validation images."""

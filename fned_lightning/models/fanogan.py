@@ -31,8 +31,9 @@ class FAnoGAN(AnomalyDetector):
         threshold: float = 0.2,
         protocol: str = "honest",
         false_positive_rate: float = 0.05,
+        intensity: str = "none",
     ):
-        super().__init__(threshold, protocol, false_positive_rate)
+        super().__init__(threshold, protocol, false_positive_rate, intensity)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator = instantiate(generator)
@@ -47,9 +48,10 @@ class FAnoGAN(AnomalyDetector):
     def on_fit_start(self) -> None:
         if (self.trainer.max_epochs or 0) < 2:
             raise InputError("model=fanogan trains a GAN and then an encoder: it needs trainer.max_epochs >= 2")
+        super().on_fit_start()
 
     def training_step(self, batch, batch_idx: int) -> None:
-        x = batch[0]
+        x = self.match_intensity(batch[0])
         opt_g, opt_d, opt_e = self.optimizers()
         if self.current_epoch < self.gan_epochs:
             self.wgan_gp_step(x, batch_idx, opt_g, opt_d)
@@ -102,7 +104,7 @@ class FAnoGAN(AnomalyDetector):
         opt_e = torch.optim.RMSprop(self.encoder.parameters(), lr=hp.encoder_lr, alpha=0.9, eps=1e-10)
         return opt_g, opt_d, opt_e
 
-    def forward(self, x):
+    def score(self, x):
         x_fake = self.generator(self.encoder(x))
         _, features = self.critic(x)
         _, fake_features = self.critic(x_fake)

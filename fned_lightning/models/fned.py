@@ -49,8 +49,9 @@ class AnomalyGAN(AnomalyDetector):
         d_collapse_check_interval: int = 10,
         protocol: str = "honest",
         false_positive_rate: float = 0.05,
+        intensity: str = "none",
     ):
-        super().__init__(threshold, protocol, false_positive_rate)
+        super().__init__(threshold, protocol, false_positive_rate, intensity)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.loss_weights = loss_weights or {"adv": 1.0, "con": 20.0, "lat": 1.0}
@@ -75,7 +76,7 @@ class AnomalyGAN(AnomalyDetector):
         return real_fake_bce(real_logits, fake_logits)
 
     def training_step(self, batch, batch_idx: int) -> None:
-        x = batch[0]
+        x = self.match_intensity(batch[0])
         opt_g, opt_d = self.optimizers()
         x_fake, extras = self.reconstruct(x)
         real_logits, real_features = self.discriminator(x)  # serves both steps: D is unchanged until its own
@@ -121,7 +122,7 @@ class AnomalyGAN(AnomalyDetector):
         )
         return [opt_g, opt_d], [LambdaLR(opt_g, schedule), LambdaLR(opt_d, schedule)]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw anomaly scores A(x) and reconstructions x_fake, for images in [-1, 1]."""
         x_fake = self.reconstruct(x)[0]
         _, features = self.discriminator(x)

@@ -25,6 +25,6 @@ class GANomaly(AnomalyGAN):
     def discriminator_loss(self, real_logits, fake_logits, real_features, fake_features):
         return real_fake_bce(real_logits, fake_logits) / 2
 
-    def forward(self, x):
+    def score(self, x):
         x_fake, z, z_hat = self.generator(x)
         return (z.float() - z_hat.float()).pow(2).mean(1), x_fake
