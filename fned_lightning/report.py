@@ -3,8 +3,9 @@
 Reads every `metrics.json` below the given folders (a multirun, several, or single runs):
 Table 1 (AUROC) and Table 2 (AUPRC) for CIFAR-10, rows = models, columns = the ten classes and
 their average, mean ± standard deviation over seeds; Table 3 for image-folder data sets (AUROC,
-AUPRC, F1, recall, precision). Runs that started but wrote no metrics.json count as failed and
-show so, never as zeros. Writes tables.md, table*.csv and auroc_bars.png / auprc_bars.png.
+AUPRC, F1, recall, precision). A protocol=both run gives two rows, its honest and its paper
+evaluation, and a column shows the paper's gain. Runs that started but wrote no metrics.json count
+as failed and show so, never as zeros. Writes tables.md, table*.csv and auroc_bars.png / auprc_bars.png.
 """
 
 import argparse
@@ -63,6 +64,27 @@ def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
     return finished, failed
 
 
+def evaluations(finished: list[dict]) -> list[dict]:
+    """One record per evaluation: a protocol=both run gives its honest one and its paper one
+    (`paper_*` metrics under the usual names), so they land in separate rows."""
+    records = []
+    for run in finished:
+        if run.get("protocol") == "both":
+            paper = {k.removeprefix("paper_"): v for k, v in run.items() if k.startswith("paper_")}
+            records += [run | {"protocol": "honest"}, run | paper | {"protocol": "paper"}]
+        else:
+            records.append(run)
+    return records
+
+
+def paper_gap(averages: dict[str, float | None], name: str) -> str:
+    """On a [protocol=paper] row: its value minus the honest row's of the same model, when both exist."""
+    honest = name.split(" [")[0]
+    if name == honest or averages.get(name) is None or averages.get(honest) is None:
+        return ""
+    return f"{averages[name] - averages[honest]:+.3f}"
+
+
 def row_name(run: dict) -> str:
     name = MODELS.get(run["model"], run["model"])
     return name if run.get("protocol", "honest") == "honest" else f"{name} [protocol={run['protocol']}]"
@@ -95,8 +117,8 @@ def cifar_table(finished, failed, metric: str) -> tuple[list[str], list[list[str
     for run in failed:
         if run["data"] == "cifar10":
             failures[row_name(run)].add(run["anomaly_class"])
-    header = ["model"] + [SHORT_NAMES.get(c, c) for c in CIFAR10_CLASSES] + ["avg"]
-    rows, means = [], {}
+    header = ["model"] + [SHORT_NAMES.get(c, c) for c in CIFAR10_CLASSES] + ["avg", "paper - honest"]
+    rows, means, averages = [], {}, {}
     for name in ordered_rows(set(values) | set(failures)):
         cells, class_means = [name], []
         for c in CIFAR10_CLASSES:
@@ -109,6 +131,9 @@ def cifar_table(finished, failed, metric: str) -> tuple[list[str], list[list[str
         cells.append("—" if average is None else f"{average:.3f}" + ("" if complete else f" ({len(class_means)}/10 classes)"))
         rows.append(cells)
         means[name] = {c: statistics.mean(values[name][c]) for c in CIFAR10_CLASSES if values[name].get(c)}
+        averages[name] = average
+    for cells in rows:
+        cells.append(paper_gap(averages, cells[0]))
     return header, rows, means
 
 
@@ -122,12 +147,19 @@ def folder_table(finished, failed) -> tuple[list[str], list[list[str]]]:
     for run in failed:
         if run["data"] != "cifar10":
             values.setdefault((Path(run.get("data_root") or run["data"]).name, row_name(run)), defaultdict(list))
-    header = ["data set", "model", "AUROC", "AUPRC", "F1", "recall", "precision"]  # FOLDER_METRICS, in order
+    header = ["data set", "model", "AUROC", "AUPRC", "F1", "recall", "precision", "AUROC paper - honest"]  # FOLDER_METRICS
     rows = []
     for data_set, name in sorted(values, key=lambda key: (key[0], model_rank(key[1]))):
         cells = values[(data_set, name)]
-        rows.append([data_set, name, *(summarise(cells[m]) if cells[m] else "failed" for m in FOLDER_METRICS)])
+        aurocs = {row: mean_of(values[(data_set, row)]["auroc"]) for row in (name, name.split(" [")[0]) if (data_set, row) in values}
+        rows.append([data_set, name, *(summarise(cells[m]) if cells[m] else "failed" for m in FOLDER_METRICS),
+                     paper_gap(aurocs, name)])
     return header, rows
+
+
+def mean_of(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.mean(values) if values else None
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -163,14 +195,16 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 
 def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
-    finished, failed = collect(roots)
-    if not finished and not failed:
+    runs, failed = collect(roots)
+    if not runs and not failed:
         raise SystemExit(f"no runs under {', '.join(map(str, roots))}: expected folders with .hydra/ and metrics.json")
     out.mkdir(parents=True, exist_ok=True)
     sections, figures, tables = [], [], {}
-    protocols = sorted({run.get("protocol", "honest") for run in finished})
-    sections.append(f"Runs: {len(finished)} finished, {len(failed)} failed; protocols: {', '.join(protocols) or '—'}. "
-                    "Rows marked [protocol=paper] choose the epoch on test labels: optimistic by construction.")
+    protocols = sorted({run.get("protocol", "honest") for run in runs})
+    finished = evaluations(runs)
+    sections.append(f"Runs: {len(runs)} finished, {len(failed)} failed; protocols: {', '.join(protocols) or '—'}. "
+                    "Rows marked [protocol=paper] choose the epoch on test labels: optimistic by construction; "
+                    "the last column is their gain over the honest row of the same model.")
     for number, metric in ((1, "auroc"), (2, "auprc")):
         header, rows, means = cifar_table(finished, failed, metric)
         if not rows:

@@ -45,7 +45,7 @@ def train(cfg: DictConfig) -> dict:
     model = instantiate(cfg.model)
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
-    paper = PaperProtocol() if cfg.protocol == "paper" else None
+    paper = PaperProtocol() if cfg.protocol in ("paper", "both") else None
     callbacks += [paper] if paper else []
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     for logger in loggers:
@@ -55,7 +55,9 @@ def train(cfg: DictConfig) -> dict:
         speed = throughput(trainer)
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics = run_summary(cfg, trainer, datamodule) | model.test_results["metrics"] | speed | throughput(trainer)
-        metrics["tested_epoch"] = paper.best_epoch if paper else trainer.current_epoch - 1  # 0-based
+        metrics["tested_epoch"] = paper.best_epoch if cfg.protocol == "paper" else trainer.current_epoch - 1  # 0-based
+        if cfg.protocol == "both":
+            metrics |= paper.test_best_epoch(trainer, model, datamodule)
         if trainer.is_global_zero:
             write_results(output_dir, cfg, metrics, model, datamodule)
             figures = write_figures(output_dir, metrics, model, datamodule)

@@ -68,9 +68,9 @@ def tiny_parts(data_class=SyntheticParts):
     return data_class(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2)
 
 
-def fit_and_test(*callbacks, name: str = "fned", epochs: int = 3):
+def fit_and_test(*callbacks, protocol: str = "honest", epochs: int = 3):
     L.seed_everything(0)
-    model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name]).model)
+    model = instantiate(compose_config("data=synthetic", "data.image_size=16", f"protocol={protocol}", *TINY_MODELS["fned"]).model)
     data = tiny_parts(GuardedParts)
     data.setup("fit")  # split before fit, as train() does (the split counts the test labels for its log line)
     trainer = quiet_trainer(max_epochs=epochs, limit_train_batches=2, callbacks=list(callbacks))
@@ -89,7 +89,7 @@ def test_honest_protocol_never_reads_test_data_during_fit_and_tests_the_last_epo
 
 def test_the_guard_catches_the_paper_protocol_reading_test_data_during_fit():
     with pytest.raises(AssertionError, match="loaded during fit"):
-        fit_and_test(PaperProtocol())
+        fit_and_test(PaperProtocol(), protocol="paper")
 
 
 class ScriptedPaperProtocol(PaperProtocol):
@@ -105,7 +105,7 @@ def test_paper_protocol_tests_the_weights_of_the_best_epoch_not_the_last():
     weights, paper = WeightsPerEpoch(), ScriptedPaperProtocol()
     GuardedParts.fitting = lambda self: False  # the paper's protocol reads test data by design
     try:
-        fit_and_test(paper, weights)  # the selection runs before the snapshot in each epoch's end
+        fit_and_test(paper, weights, protocol="paper")  # the selection runs before the snapshot in each epoch's end
     finally:
         del GuardedParts.fitting
     assert paper.best_epoch == 1 and paper.best_auroc == 0.9
@@ -164,3 +164,23 @@ def test_learning_rate_used_in_each_epoch(name, expected):
     if name == "fanogan":
         assert [type(opt).__name__ for opt in model.trainer.optimizers] == ["Adam", "Adam", "RMSprop"]
         assert math.isclose(model.trainer.optimizers[2].param_groups[0]["alpha"], 0.9)
+
+
+def test_both_protocols_from_one_run_match_an_honest_run_and_a_paper_run(tmp_path):
+    """The paper's test passes after each epoch leave BatchNorm's statistics, every other buffer and
+    the random generators as they were: the honest half of a both run is the honest run, and its
+    paper half is the paper run (same seed, same command otherwise)."""
+    synthetic = ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
+    metrics = {}
+    for protocol in ("honest", "paper", "both"):
+        (tmp_path / protocol).mkdir()
+        done = run_cli(*TINY, *synthetic, "trainer.max_epochs=3", f"protocol={protocol}", "seed=3", tmp_path=tmp_path / protocol)
+        assert done.returncode == 0, done.stderr[-3000:]
+        metrics[protocol] = json.loads((tmp_path / protocol / "run" / "metrics.json").read_text())
+    both = metrics["both"]
+    assert both["protocol"] == "both" and both["normalisation"] == "val_minmax" and both["paper_normalisation"] == "test_minmax"
+    for name in ("auroc", "auprc", "f1", "f1_calibrated", "score_min", "score_max", "score_threshold", "tested_epoch"):
+        assert both[name] == metrics["honest"][name], name
+    for name in ("auroc", "auprc", "f1", "precision", "recall", "tested_epoch"):
+        assert both[f"paper_{name}"] == metrics["paper"][name], name
+    assert both["tested_epoch"] == 2

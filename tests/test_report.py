@@ -48,6 +48,25 @@ def test_tables_average_seeds_and_show_missing_and_failed_runs(tmp_path, capsys)
     assert (out / "auroc_bars.png").stat().st_size > 0 and (out / "tables.md").exists()
 
 
+def test_a_both_run_gives_an_honest_row_a_paper_row_and_their_gap(tmp_path):
+    runs = tmp_path / "multirun"
+    paper = {f"paper_{k}": v for k, v in scores(0.9, auprc=0.8).items()}
+    fake_run(runs, "0", scores(0.7, auprc=0.6) | paper, protocol="both")
+    fake_run(runs, "1", scores(0.75) | {f"paper_{k}": v for k, v in scores(0.85).items()}, protocol="both",
+             data="folder", anomaly_class=None)
+    report_main([str(runs), "--wandb", "off"])
+    with open(runs / "report" / "table1_auroc.csv") as file:
+        rows = {row["model"]: row for row in csv.DictReader(file)}
+    assert rows["FNED"]["horse"] == "0.700" and rows["FNED [protocol=paper]"]["horse"] == "0.900"
+    assert rows["FNED"]["paper - honest"] == "" and rows["FNED [protocol=paper]"]["paper - honest"] == "+0.200"
+    with open(runs / "report" / "table2_auprc.csv") as file:
+        assert {row["model"]: row["horse"] for row in csv.DictReader(file)} == {"FNED": "0.600", "FNED [protocol=paper]": "0.800"}
+    with open(runs / "report" / "table3_folder.csv") as file:
+        folder = {row["model"]: row for row in csv.DictReader(file)}
+    assert folder["FNED"]["AUROC"] == "0.750" and folder["FNED [protocol=paper]"]["AUROC paper - honest"] == "+0.100"
+    assert "2 finished, 0 failed" in (runs / "report" / "tables.md").read_text()
+
+
 def test_empty_folder_is_reported(tmp_path):
     with pytest.raises(SystemExit, match="no runs under"):
         report_main([str(tmp_path), "--wandb", "off"])

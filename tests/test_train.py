@@ -90,7 +90,7 @@ def test_a_failing_sweep_job_keeps_the_others_results(tmp_path, launcher):
 
 def test_unknown_protocol_is_refused(tmp_path):
     done = run_cli(*TINY, *SYNTHETIC, "protocol=best", tmp_path=tmp_path)
-    assert done.returncode == 2 and "choose one of: honest, paper" in done.stdout + done.stderr
+    assert done.returncode == 2 and "choose one of: honest, paper, both" in done.stdout + done.stderr
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_command(tmp_path):

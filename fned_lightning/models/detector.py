@@ -7,7 +7,7 @@ from fned_lightning.data import INTENSITIES, image_moments, match_intensity
 from fned_lightning.errors import InputError
 from fned_lightning.scoring import evaluate, min_max_normalise
 
-PROTOCOLS = ("honest", "paper")
+PROTOCOLS = ("honest", "paper", "both")  # both: the honest evaluation and the paper's, from one training run
 
 
 class AnomalyDetector(L.LightningModule):
@@ -115,11 +115,12 @@ class AnomalyDetector(L.LightningModule):
         unique, inverse = torch.unique(index, return_inverse=True)
         first = torch.full_like(unique, len(index)).scatter_reduce(0, inverse, torch.arange(len(index), device=index.device), "amin")
         scores, labels, index = scores[first], labels[first], index[first]
-        fitted = self.protocol == "honest" and not torch.isnan(self.score_min)
+        fitted = self.protocol != "paper" and not torch.isnan(self.score_min)
         metrics = evaluate(
             scores, labels, self.threshold,
             fitted_range=(self.score_min.item(), self.score_max.item()) if fitted else None,
             calibrated_threshold=self.score_threshold.item() if fitted else None,
         )
-        self.log_dict({f"test/{k}": v for k, v in metrics.items() if isinstance(v, float)}, rank_zero_only=True)
+        prefix = "test_paper/" if self.protocol == "paper" else "test/"  # never the same keys for both evaluations
+        self.log_dict({prefix + k: v for k, v in metrics.items() if isinstance(v, float)}, rank_zero_only=True)
         self.test_results = {"metrics": metrics, "scores": scores.cpu(), "labels": labels.cpu(), "index": index.cpu()}
