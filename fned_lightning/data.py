@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2.functional import resize, to_dtype
 
@@ -122,9 +122,30 @@ class InMemoryImages(Dataset):
         return self.images[index], self.labels[index], index
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's random draws, from the run's seed and the epoch alone: a run resumed
+    from a checkpoint draws what an uninterrupted one does."""
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+class EpochShuffle(Sampler):
+    """The training order of each epoch, drawn from `epoch_seed(seed, epoch())`, not from the global
+    generator: Lightning may start a resumed run's first loader before any epoch hook has run."""
+
+    def __init__(self, size: int, seed: int, epoch: Callable[[], int]):
+        self.size, self.seed, self.epoch = size, seed, epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch()))
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
 class DeviceShuffledBatches:
     """Training batches of a dataset held on the accelerator: each epoch's order is drawn there
-    (seeded by `seed` + the epoch, so a run is reproducible), split evenly across DDP ranks, and
+    (from `epoch_seed(seed, epoch)`, so a run is reproducible and resumable), split evenly across DDP ranks, and
     the batches sliced there; no index crosses from the host."""
 
     def __init__(self, dataset: InMemoryImages, batch_size: int, seed: int, epoch: Callable[[], int],
@@ -138,7 +159,7 @@ class DeviceShuffledBatches:
 
     def __iter__(self):
         device = self.dataset.images.device
-        generator = torch.Generator(device=device).manual_seed(self.seed + self.epoch())
+        generator = torch.Generator(device=device).manual_seed(epoch_seed(self.seed, self.epoch()))
         order = torch.randperm(len(self.dataset), device=device, generator=generator)
         order = order[self.rank :: self.world_size][: self.per_rank]
         for start in range(0, len(self) * self.batch_size, self.batch_size):
@@ -228,13 +249,17 @@ class AnomalyDataModule(L.LightningDataModule):
         }
 
     def _loader(self, dataset: InMemoryImages, batch_size: int, train: bool = False) -> DataLoader:
+        trainer = self.trainer
+        shuffle = train and trainer is not None  # with a trainer: each epoch's order from the run's seed and the epoch
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            shuffle=train and not shuffle,
+            sampler=EpochShuffle(len(dataset), torch.initial_seed(), lambda: trainer.current_epoch) if shuffle else None,
             drop_last=train and len(dataset) > batch_size,  # a last batch of 1-2 images upsets BatchNorm
             collate_fn=already_batched,
             num_workers=self.num_workers,
+            generator=torch.Generator(),  # its own: starting a loader must not draw from the global generator
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -244,7 +269,7 @@ class AnomalyDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader | DeviceShuffledBatches:
         if self.on_device and self.trainer is not None:
             trainer = self.trainer
-            return DeviceShuffledBatches(self.train_set, self.batch_size, seed=torch.initial_seed(),  # the run's seed
+            return DeviceShuffledBatches(self.train_set, self.batch_size, seed=torch.initial_seed(),  # the run's seed, as set by train.py
                                          epoch=lambda: trainer.current_epoch, rank=trainer.global_rank,
                                          world_size=trainer.world_size)
         return self._loader(self.train_set, self.batch_size, train=True)

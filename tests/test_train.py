@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, TINY_MODELS, run_cli
 
 SYNTHETIC = ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
 
@@ -76,6 +76,23 @@ def test_user_mistakes_get_one_clear_message_and_no_traceback(tmp_path, override
     assert "Traceback" not in output
 
 
+@pytest.mark.parametrize("model", ["fned", "fanogan"])
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, model):
+    """Every random draw (shuffle, noise, latent samples, D re-initialisation) depends on the seed and
+    the epoch alone: killed after its first checkpoint and resumed, a run gives the same numbers.
+    f-AnoGAN's 4 epochs are 2 of GAN and 2 of encoder training: the kill falls in the GAN phase."""
+    args = [*TINY_MODELS[model], "logger=csv", *SYNTHETIC, "data.n_train=96", "data.image_size=16", "trainer.max_epochs=4", "seed=5"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    straight.mkdir(), interrupted.mkdir()
+    assert run_cli(*args, tmp_path=straight).returncode == 0
+    assert kill_after_first_checkpoint(args, interrupted) < 4
+    resumed = run_cli(*args, tmp_path=interrupted)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout + resumed.stderr
+    expected, got = (results(folder)[1] for folder in (straight, interrupted))
+    for name in ("auroc", "auprc", "f1", "f1_calibrated", "score_min", "score_max", "score_threshold"):
+        assert got[name] == expected[name], name
+
+
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
 def test_a_failing_sweep_job_keeps_the_others_results(tmp_path, launcher):
     sweep = tmp_path / "sweep"
@@ -93,14 +110,15 @@ def test_unknown_protocol_is_refused(tmp_path):
     assert done.returncode == 2 and "choose one of: honest, paper, both" in done.stdout + done.stderr
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_command(tmp_path):
+def kill_after_first_checkpoint(args: list[str], tmp_path) -> int:
+    """Start the training command in tmp_path/run and SIGKILL it once it has written a checkpoint,
+    as a node failure or an out-of-memory kill would; the epochs that checkpoint holds."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    args = [*TINY, *SYNTHETIC, "data.image_size=16", "trainer.max_epochs=12"]
     command = [sys.executable, "-m", "fned_lightning.train", f"hydra.run.dir={tmp_path / 'run'}", *args]
     env = os.environ | {"WANDB_MODE": "disabled"}
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -108,11 +126,15 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_command(tmp
     deadline = time.monotonic() + 300
     while not last.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)  # no goodbye: as a node failure or an out-of-memory kill would
+    first.send_signal(signal.SIGKILL)
     first.wait()
     assert not (tmp_path / "run" / "metrics.json").exists()
-    stopped_at = torch.load(last, weights_only=True)["epoch"]
-    assert stopped_at < 12
+    return torch.load(last, weights_only=True)["epoch"]
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_with_the_same_command(tmp_path):
+    args = [*TINY, *SYNTHETIC, "data.image_size=16", "trainer.max_epochs=12"]
+    assert kill_after_first_checkpoint(args, tmp_path) < 12
 
     done = run_cli(*args, tmp_path=tmp_path)  # the same command, the same run folder
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,9 +1,11 @@
 """What every model shares: validation fits the score normalisation, test computes the metrics."""
 
+import random
+
 import lightning as L
 import torch
 
-from fned_lightning.data import INTENSITIES, image_moments, match_intensity
+from fned_lightning.data import INTENSITIES, epoch_seed, image_moments, match_intensity
 from fned_lightning.errors import InputError
 from fned_lightning.scoring import evaluate, min_max_normalise
 
@@ -46,10 +48,19 @@ class AnomalyDetector(L.LightningModule):
         self.test_results: dict | None = None
 
     def on_fit_start(self) -> None:
+        self.run_seed = torch.initial_seed()  # the run's seed: train.py seeds before it builds anything
         if self.intensity == "per_image" and torch.isnan(self.intensity_std):  # not when resuming: kept in the checkpoint
             mean, std = self.trainer.datamodule.intensity_reference()
             self.intensity_mean.fill_(mean)
             self.intensity_std.fill_(std)
+
+    def on_train_epoch_start(self) -> None:
+        # Every epoch's random draws (its shuffle, noise, latent samples, D re-initialisations) come from
+        # the run's seed and the epoch alone, so a run resumed from a checkpoint draws what an
+        # uninterrupted one does. (The training order has its own generator: data.EpochShuffle.)
+        seed = epoch_seed(self.run_seed, self.current_epoch)
+        torch.manual_seed(seed)
+        random.seed(seed)
 
     def match_intensity(self, x: torch.Tensor) -> torch.Tensor:
         """x as the networks see it: with intensity="per_image", each image's mean and standard deviation

@@ -59,6 +59,10 @@ class AnomalyGAN(AnomalyDetector):
         self.discriminator = instantiate(discriminator)
         self.register_buffer("d_collapsed", torch.tensor(False), persistent=False)
 
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.d_collapsed.zero_()  # decided within an epoch: nothing pending across a checkpoint (resumable)
+
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """x_fake, and whatever else the generator yields that a loss needs."""
         return self.generator(x), {}
