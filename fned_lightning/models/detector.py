@@ -1,7 +1,5 @@
 """What every model shares: validation fits the score normalisation, test computes the metrics."""
 
-import random
-
 import lightning as L
 import torch
 
@@ -58,9 +56,7 @@ class AnomalyDetector(L.LightningModule):
         # Every epoch's random draws (its shuffle, noise, latent samples, D re-initialisations) come from
         # the run's seed and the epoch alone, so a run resumed from a checkpoint draws what an
         # uninterrupted one does. (The training order has its own generator: data.EpochShuffle.)
-        seed = epoch_seed(self.run_seed, self.current_epoch)
-        torch.manual_seed(seed)
-        random.seed(seed)
+        torch.manual_seed(epoch_seed(self.run_seed, self.current_epoch))
 
     def match_intensity(self, x: torch.Tensor) -> torch.Tensor:
         """x as the networks see it: with intensity="per_image", each image's mean and standard deviation
@@ -77,7 +73,8 @@ class AnomalyDetector(L.LightningModule):
         return scores, x_fake
 
     def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """Each model's own: raw scores and reconstructions of images as the networks see them."""
+        raise NotImplementedError(f"{type(self).__name__} must define score(x)")
 
     def normalise(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores mapped with the (min, max) fitted on normal validation images."""
