@@ -168,7 +168,7 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def paper_rows(metric: str) -> list[list[str]]:
-    return [[f"{name} (paper, its protocol)", *(f"{v:.3f}" for v in values)] for name, values in PAPER[metric].items()]
+    return [[f"{name} (paper, its protocol)", *(f"{v:.3f}" for v in values), ""] for name, values in PAPER[metric].items()]
 
 
 def bar_chart(means: dict[str, dict[str, float]], metric: str, path: Path) -> Path | None:
@@ -218,7 +218,7 @@ def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
     if rows:
         write_csv(out / "table3_folder.csv", header, rows)
         tables["table3_folder"] = (header, rows)
-        reference = [["(paper's fasteners)", f"{name} (paper, its protocol)", *(f"{v:.3f}" for v in values)]
+        reference = [["(paper's fasteners)", f"{name} (paper, its protocol)", *(f"{v:.3f}" for v in values), ""]
                      for name, values in PAPER["folder"].items()]
         sections.append("### Table 3: image-folder data sets\n\n" + markdown(header, rows + reference))
     if failed:
