@@ -194,7 +194,7 @@ class AnomalyDataModule(L.LightningDataModule):
     ):
         super().__init__()
         check_image_size(image_size)
-        if intensity not in INTENSITIES:
+        if intensity not in INTENSITIES:  # checked here, for the data.* message; the model applies it (models.detector)
             raise InputError(f"unknown data.intensity={intensity}; choose one of: {', '.join(INTENSITIES)}")
         if channels not in (1, 3):
             raise InputError(f"data.channels must be 1 (grey) or 3 (colour), got {channels}")
@@ -205,7 +205,6 @@ class AnomalyDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
         self.on_device = on_device  # keep the uint8 images on the accelerator: shuffled and sliced there, no copies
-        self.intensity = intensity  # the model applies it (see models.detector), so predict and export do too
         self.train_set: InMemoryImages | None = None
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:

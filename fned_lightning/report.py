@@ -90,8 +90,12 @@ def row_name(run: dict) -> str:
     return name if run.get("protocol", "honest") == "honest" else f"{name} [protocol={run['protocol']}]"
 
 
+def finite(values: list[float]) -> list[float]:
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
 def summarise(values: list[float]) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
+    values = finite(values)
     if not values:
         return "n/a"
     if len(values) == 1:
@@ -158,7 +162,7 @@ def folder_table(finished, failed) -> tuple[list[str], list[list[str]]]:
 
 
 def mean_of(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None and not math.isnan(v)]
+    values = finite(values)
     return statistics.mean(values) if values else None
 
 
