@@ -1,7 +1,8 @@
 """`python -m fned_lightning.bench [--out bench/results.json]`: speed of every model, on this machine.
 
 For each model at 32x32, batch 64: training images/s (a whole G+D step through Lightning, as a
-user runs it), inference images/s (scores and reconstructions, `torch.inference_mode`), the
+user runs it), inference images/s (scores, anomaly maps and reconstructions, `torch.inference_mode`)
+and what the maps alone cost (ms per image, share of inference), the
 FLOPs per image of both (torch.utils.flop_counter; one FLOP = one multiply or one add) and the
 GFLOP/s they achieve; the data path alone (datamodule to a ready batch on the device); and, as
 the machine's own yardstick, a large 3x3 convolution forward + backward, timed just before and
@@ -23,6 +24,7 @@ from torch.utils.flop_counter import flop_registry
 
 from fned_lightning.callbacks import Speedups
 from fned_lightning.data import SyntheticParts
+from fned_lightning.scoring import anomaly_map
 
 MODELS = ("fned", "ganomaly", "skip_ganomaly", "fanogan")
 
@@ -122,7 +124,16 @@ def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmu
             model(x)
         sync(device)
 
-    infer_seconds = median_seconds(infer, repeats, warmup)
+    infer_seconds = median_seconds(infer, repeats, warmup)  # maps included: every forward computes them
+    with torch.inference_mode():
+        x_fake = model(x).x_fake
+
+    def smooth():  # the anomaly maps alone, to see what they add to inference
+        with torch.inference_mode():
+            anomaly_map(x, x_fake, model.map_sigma)
+        sync(device)
+
+    map_seconds = median_seconds(smooth, repeats, warmup)
     with torch.no_grad(), FlopCount() as counter:  # inference_mode would skip the counting mode
         model(x)
     infer_flops = counter.total / batch_size
@@ -137,6 +148,8 @@ def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmu
         "infer_images_per_s": batch_size / infer_seconds,
         "infer_gflop_per_image": infer_flops / 1e9,
         "infer_gflop_per_s": infer_flops * batch_size / infer_seconds / 1e9,
+        "map_ms_per_image": map_seconds / batch_size * 1e3,
+        "map_share_of_inference": map_seconds / infer_seconds,
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
 
@@ -205,15 +218,16 @@ def table(results: dict) -> str:
     lines = [
         f"device: {results['device']}, torch {results['torch']}, threads {results['threads']}, "
         f"channels_last {results['channels_last']}; data path: {results['data_path']['images_per_s']:.0f} images/s",
-        "| model | train img/s | train GFLOP/img | train GFLOP/s | 3x3 conv GFLOP/s | of it | infer img/s | infer GFLOP/img | infer GFLOP/s | params (M) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | train img/s | train GFLOP/img | train GFLOP/s | 3x3 conv GFLOP/s | of it | infer img/s | infer GFLOP/img | infer GFLOP/s | map ms/img | map share | params (M) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
         lines.append(
             f"| {name} | {r['train_images_per_s']:.1f} | {r['train_gflop_per_image']:.3f} | {r['train_gflop_per_s']:.1f} | "
             f"{r['yardstick_gflop_per_s']:.1f} | {r['train_fraction_of_yardstick']:.2f} | "
             f"{r['infer_images_per_s']:.1f} | {r['infer_gflop_per_image']:.3f} | "
-            f"{r['infer_gflop_per_s']:.1f} | {r['parameters_m']:.2f} |"
+            f"{r['infer_gflop_per_s']:.1f} | {r['map_ms_per_image']:.3f} | {r['map_share_of_inference']:.1%} | "
+            f"{r['parameters_m']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -105,7 +105,7 @@ class PaperProtocol(L.Callback):
             n_batches = limit if isinstance(limit, int) else math.ceil(limit * len(loader))
             scores, labels = [], []
             for images, batch_labels, _ in itertools.islice(loader, n_batches):
-                scores.append(pl_module(to_model_range(images.to(pl_module.device)))[0].cpu())
+                scores.append(pl_module(to_model_range(images.to(pl_module.device))).scores.cpu())
                 labels.append(batch_labels)
         for name, buffer in pl_module.named_buffers():
             buffer.copy_(buffers[name])  # training mode moved BatchNorm's running statistics: put them back

@@ -17,9 +17,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2.functional import resize, to_dtype
 
 from fned_lightning.errors import InputError
+from fned_lightning.scoring import MASK_UNKNOWN
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,12 @@ def check_image_size(image_size: int) -> None:
 
 
 class InMemoryImages(Dataset):
-    """uint8 images with labels and indices; `__getitems__` slices a whole batch at once."""
+    """uint8 images with labels and indices; `__getitems__` slices a whole batch at once. `masks`, where
+    ground truth exists: int8 N x S x S, 1 on defect pixels, 0 elsewhere, MASK_UNKNOWN for a defect
+    image without its mask (read by index at test: batches stay (images, labels, index))."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None = None):
+        self.images, self.labels, self.masks = images, labels, masks
 
     def __len__(self) -> int:
         return len(self.images)
@@ -207,9 +211,10 @@ class AnomalyDataModule(L.LightningDataModule):
         self.on_device = on_device  # keep the uint8 images on the accelerator: shuffled and sliced there, no copies
         self.train_set: InMemoryImages | None = None
 
-    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        """(normal training images, test images, test labels 0/1, test names), uint8 NxCxSxS."""
-        raise NotImplementedError
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str], torch.Tensor | None]:
+        """(normal training images, test images, test labels 0/1, test names, test masks or None),
+        images uint8 NxCxSxS, masks as `InMemoryImages` holds them."""
+        raise NotImplementedError(f"{type(self).__name__} must define load()")
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -220,14 +225,15 @@ class AnomalyDataModule(L.LightningDataModule):
                 dataset.images, dataset.labels = dataset.images.to(device), dataset.labels.to(device)
 
     def split(self) -> None:
-        train, test, test_labels, names = self.load()
+        train, test, test_labels, names, test_masks = self.load()
         generator = torch.Generator().manual_seed(self.split_seed)
         order = torch.randperm(len(train), generator=generator)
         n_val = math.floor(len(train) * self.val_fraction)
         self.train_set = InMemoryImages(train[order[n_val:]], torch.zeros(len(train) - n_val, dtype=torch.long))
         self.val_set = InMemoryImages(train[order[:n_val]], torch.zeros(n_val, dtype=torch.long))
         test_order = torch.randperm(len(test), generator=generator)
-        self.test_set = InMemoryImages(test[test_order], test_labels[test_order])
+        self.test_set = InMemoryImages(test[test_order], test_labels[test_order],
+                                       test_masks[test_order] if test_masks is not None else None)
         self.test_names = [names[i] for i in test_order.tolist()]
         log.info("split sizes: %s", self.split_sizes())
 
@@ -317,7 +323,7 @@ class CIFAR10OneClass(AnomalyDataModule):
             + [n for n, keep in zip(train_names, abnormal_train.tolist()) if keep]
             + [n for n, keep in zip(test_names, abnormal_test.tolist()) if keep]
         )
-        return train[normal_train], images, labels, names
+        return train[normal_train], images, labels, names, None
 
     def read_cifar10(self):
         """All 60,000 images at 32x32 with class indices and names, from whichever copy `root` holds."""
@@ -376,7 +382,9 @@ class ImageFolderAnomaly(AnomalyDataModule):
     """Parts in MVTec AD's layout: root/train/<normal_dir>/, root/test/<normal_dir>/, root/test/<defect>/...
 
     Every folder under root/test other than `normal_dir` is abnormal. Images of any size,
-    grey or colour, are converted to `channels` and resized to `image_size`.
+    grey or colour, are converted to `channels` and resized to `image_size`. Where root/ground_truth/
+    exists, each defect image's mask is read from root/ground_truth/<defect>/<stem>_mask.png (resized
+    nearest-neighbour); normal images have none to read (no defect pixels).
     """
 
     def __init__(self, root: str, normal_dir: str = "good", **kwargs):
@@ -405,7 +413,27 @@ class ImageFolderAnomaly(AnomalyDataModule):
             else torch.empty(0, self.channels, self.image_size, self.image_size, dtype=torch.uint8),
         )
         names = [str(p.relative_to(self.root)) for p in normal_paths + abnormal_paths]
-        return train, images, labels, names
+        masks = self.load_masks(len(normal_paths), abnormal_paths) if (self.root / "ground_truth").is_dir() else None
+        return train, images, labels, names, masks
+
+    def load_masks(self, n_normal: int, abnormal_paths: list[Path]) -> torch.Tensor:
+        """Ground truth for the test set: zeros for the normal images, each defect image's mask file, and
+        MASK_UNKNOWN (named in a warning) for a defect image without one: never counted as all-normal."""
+        size = [self.image_size, self.image_size]
+        masks = torch.full((n_normal + len(abnormal_paths), *size), MASK_UNKNOWN, dtype=torch.int8)
+        masks[:n_normal] = 0
+        missing = []
+        for i, path in enumerate(abnormal_paths, start=n_normal):
+            mask_path = self.root / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"
+            if not mask_path.is_file():
+                missing.append(str(mask_path))
+                continue
+            mask = resize(read_image(mask_path, channels=1), size, interpolation=InterpolationMode.NEAREST)
+            masks[i] = (mask[0] > 127).to(torch.int8)
+        if missing:
+            log.warning("%d defect images have no ground-truth mask and are left out of the pixel metrics; expected: %s",
+                        len(missing), ", ".join(missing))
+        return masks
 
 
 class SyntheticParts(AnomalyDataModule):
@@ -418,16 +446,18 @@ class SyntheticParts(AnomalyDataModule):
 
     def load(self):
         generator = torch.Generator().manual_seed(self.seed)
-        train = draw_parts(self.n_train, self.image_size, self.channels, generator)
-        normal = draw_parts(self.n_test_normal, self.image_size, self.channels, generator)
-        abnormal = draw_parts(self.n_test_abnormal, self.image_size, self.channels, generator, defective=True)
+        train, _ = draw_parts(self.n_train, self.image_size, self.channels, generator)
+        normal, normal_masks = draw_parts(self.n_test_normal, self.image_size, self.channels, generator)
+        abnormal, defect_masks = draw_parts(self.n_test_abnormal, self.image_size, self.channels, generator, defective=True)
         images, labels = _labelled(normal, abnormal)
         names = [f"synthetic/normal/{i:04d}" for i in range(len(normal))]
         names += [f"synthetic/defect/{i:04d}" for i in range(len(abnormal))]
-        return train, images, labels, names
+        return train, images, labels, names, torch.cat([normal_masks, defect_masks])
 
 
-def draw_parts(n: int, size: int, channels: int, generator: torch.Generator, defective: bool = False) -> torch.Tensor:
+def draw_parts(n: int, size: int, channels: int, generator: torch.Generator,
+               defective: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n uint8 images N x channels x size x size, their int8 masks N x size x size: the painted pixels)."""
     def uniform(low: float, high: float) -> torch.Tensor:
         return (low + (high - low) * torch.rand(n, 1, 1, generator=generator))
 
@@ -440,6 +470,7 @@ def draw_parts(n: int, size: int, channels: int, generator: torch.Generator, def
     ring = (radius < outer) & (radius > inner)
     image = 0.25 + 0.04 * torch.randn(n, size, size, generator=generator)
     image = torch.where(ring, 0.7 + 0.06 * torch.cos(6 * angle), image)  # six flats, like a nut
+    painted = torch.zeros(n, size, size, dtype=torch.bool)
     if defective:
         kind = torch.randint(0, 3, (n, 1, 1), generator=generator)
         direction = uniform(0, math.pi)
@@ -449,8 +480,8 @@ def draw_parts(n: int, size: int, channels: int, generator: torch.Generator, def
         spot_r = (outer + inner) / 2
         dent = ((dx - spot_r * torch.cos(spot_angle)) ** 2 + (dy - spot_r * torch.sin(spot_angle)) ** 2).sqrt() < 0.12
         wedge = ring & (torch.remainder(angle - spot_angle, 2 * math.pi) < 0.5)
-        image = torch.where((kind == 0) & scratch, 0.15, image)
-        image = torch.where((kind == 1) & dent, 0.95, image)
-        image = torch.where((kind == 2) & wedge, 0.25, image)
+        for value, defect in ((0.15, (kind == 0) & scratch), (0.95, (kind == 1) & dent), (0.25, (kind == 2) & wedge)):
+            image = torch.where(defect, value, image)
+            painted |= defect
     image = (image.clamp(0, 1) * 255).round().to(torch.uint8).unsqueeze(1)
-    return image.expand(-1, channels, -1, -1).contiguous()
+    return image.expand(-1, channels, -1, -1).contiguous(), painted.to(torch.int8)

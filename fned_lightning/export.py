@@ -1,9 +1,10 @@
 """`python -m fned_lightning.export ckpt_path=... format=onnx|pt2`
 
 Writes a model that maps a batch of images, float N x C x S x S in [0, 1], to
-(score: N, heatmap: N x S x S): the score normalised with the validation-fitted range, the
-heatmap the residual |x - x_fake| averaged over channels. A JSON file beside it gives the image
-size, channels and both decision thresholds on that score.
+(score: N, anomaly_map: N x S x S): the score normalised with the validation-fitted range, the map
+the residual |x - x_fake| averaged over channels and smoothed (model.map_sigma), as training and
+`predict` compute it. A JSON file beside it gives the image size, channels, both decision
+thresholds on that score and the pixel threshold on the map.
 """
 
 import json
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}  # pt2: torch.export's program (TorchScript is deprecated)
 
 
-class ScoreAndHeatmap(nn.Module):
-    """images in [0, 1] -> (normalised anomaly score, residual heatmap)."""
+class ScoreAndMap(nn.Module):
+    """images in [0, 1] -> (normalised anomaly score, anomaly map)."""
 
     def __init__(self, model):
         super().__init__()
@@ -33,17 +34,17 @@ class ScoreAndHeatmap(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = images * 2 - 1
-        scores, x_fake = self.model(x)
-        return (scores - self.low) / self.span, (x - x_fake).abs().mean(1)
+        detection = self.model(x)
+        return (detection.scores - self.low) / self.span, detection.maps
 
 
-def write(wrapper: ScoreAndHeatmap, example: torch.Tensor, output: Path, format: str, opset: int) -> None:
+def write(wrapper: ScoreAndMap, example: torch.Tensor, output: Path, format: str, opset: int) -> None:
     """`wrapper` as an ONNX graph or a torch.export program, for any batch size."""
     with torch.no_grad():
         if format == "onnx":
             torch.onnx.export(
-                wrapper, (example,), str(output), input_names=["images"], output_names=["score", "heatmap"],
-                dynamic_axes={"images": {0: "batch"}, "score": {0: "batch"}, "heatmap": {0: "batch"}},
+                wrapper, (example,), str(output), input_names=["images"], output_names=["score", "anomaly_map"],
+                dynamic_axes={"images": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}},
                 opset_version=opset, dynamo=False,
             )
         else:
@@ -57,7 +58,7 @@ def export(cfg: DictConfig) -> Path:
     model, info = load_detector(cfg.ckpt_path)
     low, span = model.score_min.item(), max(model.score_max.item() - model.score_min.item(), 1e-12)  # as ScoreAndHeatmap
     thresholds = {rule: (decision_rule(model, rule)[0] - low) / span for rule in ("calibrated", "paper")}
-    wrapper = ScoreAndHeatmap(model).eval()
+    wrapper = ScoreAndMap(model).eval()
     example = torch.rand(2, info["channels"], info["image_size"], info["image_size"])
     ckpt = Path(cfg.ckpt_path).expanduser()
     output = Path(cfg.output).expanduser() if cfg.output else ckpt.with_name(ckpt.stem + FORMATS[cfg.format])
@@ -66,9 +67,11 @@ def export(cfg: DictConfig) -> Path:
     sidecar = {
         "input": f"float images in [0, 1], N x {info['channels']} x {info['image_size']} x {info['image_size']}",
         "outputs": {"score": "anomaly score, min-max normalised with the normal validation range",
-                    "heatmap": "|x - x_fake| averaged over channels, images in [-1, 1]"},
+                    "anomaly_map": f"|x - x_fake| of the images in [-1, 1], averaged over channels, smoothed with a "
+                                   f"Gaussian of sigma {model.map_sigma} pixels"},
         "image_size": info["image_size"], "channels": info["channels"], "model": info["model_target"].rsplit(".", 1)[-1],
         "thresholds": {"calibrated": thresholds["calibrated"], "paper": thresholds["paper"]},
+        "pixel_threshold": model.pixel_threshold.item(),  # on anomaly_map: exceeded by false_positive_rate of normal pixels
         "false_positive_rate": model.false_positive_rate,
     }
     output.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")

@@ -1,5 +1,7 @@
-"""Per-run figures: score histograms (paper Fig. 6), reconstructions (Fig. 7), ROC and PR curves."""
+"""Per-run figures: score histograms (paper Fig. 6), reconstructions (Fig. 7), ROC and PR curves,
+and anomaly maps beside the ground truth."""
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -48,6 +50,39 @@ def reconstruction_grid(groups: list[tuple[torch.Tensor, torch.Tensor]], path: P
     rows = torch.cat([part for images, reconstructions in groups for part in (images, reconstructions)])
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(rows.float().cpu() * 0.5 + 0.5, path, nrow=len(groups[0][0]), padding=1)
+    return path
+
+
+def anomaly_map_grid(images: torch.Tensor, masks: torch.Tensor | None, maps: torch.Tensor, labels: torch.Tensor,
+                     pixel_threshold: float, path: Path, title: str) -> Path:
+    """A column per test image: the image ([-1, 1]), its ground-truth mask (where the data has masks;
+    grey where unknown) and its anomaly map, all maps on one colour scale (their min to max), the
+    pixel threshold outlined in white."""
+    rows = ["image", "ground truth", "anomaly map"] if masks is not None else ["image", "anomaly map"]
+    columns = len(images)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns + 1, 1.2 * len(rows) + 0.5), squeeze=False,
+                             layout="constrained")
+    low, high = maps.min().item(), maps.max().item()
+    for j in range(columns):
+        shown = [images[j].float().mean(0) * 0.5 + 0.5]
+        if masks is not None:
+            shown.append(masks[j].float().clamp(min=-0.5) + 0.5 * (masks[j] < 0))  # unknown (-1) drawn mid-grey
+        for i, picture in enumerate(shown):
+            axes[i, j].imshow(picture.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        heat = axes[-1, j].imshow(maps[j].numpy(), cmap="jet", vmin=low, vmax=max(high, low + 1e-12),
+                                  interpolation="nearest")
+        if math.isfinite(pixel_threshold) and (maps[j] > pixel_threshold).any():
+            axes[-1, j].contour((maps[j] > pixel_threshold).float().numpy(), levels=[0.5], colors="white", linewidths=0.8)
+        axes[0, j].set_title("defect" if labels[j] else "normal", fontsize=8)
+    for i, name in enumerate(rows):
+        axes[i, 0].set_ylabel(name, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(heat, ax=axes[-1, :].tolist(), fraction=0.02, pad=0.01, label="map")
+    fig.suptitle(f"{title}: anomaly maps (white: above the pixel threshold)", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path
 
 

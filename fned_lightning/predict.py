@@ -3,8 +3,10 @@
 Scores new images one at a time with a trained checkpoint: no test set to min-max over. The
 normalisation and thresholds come from the checkpoint (fitted on normal validation images), so
 an image gets the same score and decision alone or in any batch. Writes predictions.csv (path,
-score, normalised score, decision), predictions.json (the rule used, counts, speed) and
-heatmaps/*.png (the residual |x - x_fake| over the input). Unreadable files are skipped with a
+score, normalised score, decision), predictions.json (the rule used, counts, speed), and per
+image, at the input's own resolution: overlays/*.png (the anomaly map in colour over the image,
+with its colour scale and the pixel threshold marked) and masks/*.png (white where the map exceeds
+the pixel threshold fitted on normal validation images). Unreadable files are skipped with a
 warning, and listed in predictions.csv with the reason.
 """
 
@@ -19,7 +21,11 @@ from pathlib import Path
 
 import hydra
 import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 from hydra.utils import get_class
 from omegaconf import DictConfig
 from rich.progress import track
@@ -87,16 +93,32 @@ def decision_rule(model, decision: str) -> tuple[float, str]:
     return raw, f"normalised score > {model.threshold} (raw score > {raw:.6g})"
 
 
-def heatmap_overlay(image: torch.Tensor, residual: torch.Tensor, scale: float) -> torch.Tensor:
-    """uint8 3xHxW: the input in grey with the residual in the jet colormap over it."""
-    grey = image.float().mean(0) / 255
-    heat = torch.from_numpy(matplotlib.colormaps["jet"]((residual / scale).clamp(0, 1).numpy())[..., :3]).permute(2, 0, 1)
-    return ((0.5 * grey + 0.5 * heat.float()) * 255).round().clamp(0, 255).to(torch.uint8)
+def write_overlay(image: torch.Tensor, anomaly_map: torch.Tensor, scale: float, pixel_threshold: float, path: Path) -> None:
+    """The input (uint8 CxHxW, in grey) with its anomaly map (HxW, the same size) in the jet colours over
+    it, pixel for pixel, and a colour scale beside it on which the pixel threshold is marked."""
+    height, width = anomaly_map.shape
+    grey = image.float().mean(0, keepdim=True).permute(1, 2, 0).div(255).numpy()
+    heat = matplotlib.colormaps["jet"]((anomaly_map / scale).clamp(0, 1).numpy())[..., :3]
+    bar, dpi = max(width // 5, 72), 100  # the scale's strip, in pixels: room for its labels
+    fig = plt.figure(figsize=((width + bar) / dpi, height / dpi), dpi=dpi)
+    image_axes = fig.add_axes((0, 0, width / (width + bar), 1))
+    image_axes.imshow(0.55 * grey + 0.45 * heat, interpolation="nearest", aspect="auto")
+    image_axes.set_axis_off()
+    scale_axes = fig.add_axes(((width + 0.12 * bar) / (width + bar), 0.05, 0.18 * bar / (width + bar), 0.9))
+    colours = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, scale), cmap="jet")
+    colour_bar = fig.colorbar(colours, cax=scale_axes)
+    colour_bar.ax.axhline(min(pixel_threshold, scale), color="white", linewidth=2)
+    colour_bar.ax.tick_params(labelsize=max(5, min(10, height // 24)))
+    colour_bar.set_label("anomaly map (line: threshold)", fontsize=max(5, min(10, height // 24)))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
-def prepare_output(output: Path, heatmaps: bool) -> None:
+def prepare_output(output: Path, overlays: bool) -> None:
     try:
-        (output / "heatmaps" if heatmaps else output).mkdir(parents=True, exist_ok=True)
+        for folder in ("overlays", "masks") if overlays else ():
+            (output / folder).mkdir(parents=True, exist_ok=True)
+        output.mkdir(parents=True, exist_ok=True)
         probe = output / ".write-test"
         probe.write_text("")
         probe.unlink()
@@ -115,13 +137,15 @@ def predict(cfg: DictConfig) -> dict:
     threshold, rule = decision_rule(model, cfg.decision)
     paths = find_images(cfg.input)
     output = Path(cfg.output).expanduser()
-    prepare_output(output, cfg.heatmaps)
-    heatmaps = heatmap_names(output, paths)
+    prepare_output(output, cfg.overlays)
+    names = output_names(paths)
+    pixel_threshold = model.pixel_threshold.item()
+    map_scale = cfg.map_scale or 2 * pixel_threshold  # the threshold mid-scale, unless given
 
     rows, skipped, scored, seconds, started = [], 0, 0, 0.0, time.perf_counter()
     batches = [paths[i : i + cfg.batch_size] for i in range(0, len(paths), cfg.batch_size)]
     for batch in track(batches, description=f"scoring {len(paths)} images"):
-        images, readable = [], []
+        images, originals, readable = [], [], []
         for path in batch:
             try:
                 image = read_image(path, channels)
@@ -131,24 +155,27 @@ def predict(cfg: DictConfig) -> dict:
                 skipped += 1
                 continue
             images.append(image if image.shape[-2:] == (size, size) else resize(image, [size, size], antialias=True))
+            originals.append(image)
             readable.append(path)
         if not images:
             continue
         start = time.perf_counter()
-        uint8 = torch.stack(images)
-        x = to_model_range(uint8.to(device))
+        x = to_model_range(torch.stack(images).to(device))
         with torch.inference_mode():
-            scores, x_fake = model(x)
-            residual = (x - x_fake).abs().mean(1).cpu()
-        scores = scores.float().cpu()
+            detection = model(x)
+        scores, maps = detection.scores.float().cpu(), detection.maps.float().cpu()
         seconds += time.perf_counter() - start
         scored += len(images)
         normalised = model.normalise(scores).cpu()
         for i, path in enumerate(readable):
             abnormal = scores[i].item() > threshold
             rows.append([str(path), f"{scores[i].item():.6g}", f"{normalised[i].item():.6g}", "abnormal" if abnormal else "normal"])
-            if cfg.heatmaps:
-                write_png(heatmap_overlay(uint8[i], residual[i], cfg.heatmap_scale), str(heatmaps[path]))
+            if cfg.overlays:  # at the input's own resolution: the map resized to it
+                own_size = originals[i].shape[-2:]
+                anomaly_map = F.interpolate(maps[i][None, None], size=own_size, mode="bilinear", align_corners=False)[0, 0]
+                write_overlay(originals[i], anomaly_map, map_scale, pixel_threshold, output / "overlays" / names[path])
+                mask = (anomaly_map > pixel_threshold).to(torch.uint8).mul(255)[None]
+                write_png(mask, str(output / "masks" / names[path]))
 
     with open(output / "predictions.csv", "w", newline="") as file:
         csv.writer(file).writerows([["path", "score", "normalised_score", "decision"], *rows])
@@ -157,7 +184,8 @@ def predict(cfg: DictConfig) -> dict:
         "ckpt_path": str(cfg.ckpt_path), "model": info["model_target"].rsplit(".", 1)[-1], "image_size": size,
         "decision": cfg.decision, "rule": rule, "n_images": len(paths), "n_scored": scored, "n_abnormal": abnormal,
         "n_skipped": skipped, "device": str(device),
-        "images_per_s": scored / (time.perf_counter() - started),  # reading, scoring and heatmaps
+        "pixel_threshold": pixel_threshold, "map_scale": map_scale,
+        "images_per_s": scored / (time.perf_counter() - started),  # reading, scoring, overlays and masks
         "model_images_per_s": scored / seconds if seconds else math.nan,  # the networks alone
     }
     (output / "predictions.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -166,11 +194,11 @@ def predict(cfg: DictConfig) -> dict:
     return summary
 
 
-def heatmap_names(output: Path, paths: list[Path]) -> dict[Path, Path]:
-    """heatmaps/<path below the inputs' common folder, / as __>.png: one file per input image, so
-    images of the same name in different folders do not overwrite each other."""
+def output_names(paths: list[Path]) -> dict[Path, str]:
+    """<path below the inputs' common folder, / as __>.png: one file per input image, so images of
+    the same name in different folders do not overwrite each other."""
     root = Path(os.path.commonpath([p.parent.resolve() for p in paths]))
-    return {p: output / "heatmaps" / ("__".join(p.resolve().relative_to(root).with_suffix("").parts) + ".png") for p in paths}
+    return {p: "__".join(p.resolve().relative_to(root).with_suffix("").parts) + ".png" for p in paths}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

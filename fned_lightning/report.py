@@ -3,8 +3,10 @@
 Reads every `metrics.json` below the given folders (a multirun, several, or single runs):
 Table 1 (AUROC) and Table 2 (AUPRC) for CIFAR-10, rows = models, columns = the ten classes and
 their average, mean ± standard deviation over seeds; Table 3 for image-folder data sets (AUROC,
-AUPRC, F1, recall, precision). A protocol=both run gives two rows, its honest and its paper
-evaluation, and a column shows the paper's gain. Runs that started but wrote no metrics.json count
+AUPRC, F1, recall, precision), and beside it, for runs whose data has ground-truth masks, the
+localisation table (image AUROC by each image score, pixel AUROC, AUPRO, pixel F1). A
+protocol=both run gives two rows, its honest and its paper evaluation, and a column shows the
+paper's gain. Runs that started but wrote no metrics.json count
 as failed and show so, never as zeros. Writes tables.md, table*.csv and auroc_bars.png / auprc_bars.png.
 """
 
@@ -27,6 +29,8 @@ from fned_lightning.data import CIFAR10_CLASSES
 MODELS = {"fanogan": "f-AnoGAN", "ganomaly": "GANomaly", "skip_ganomaly": "Skip-GANomaly", "fned": "FNED"}  # the paper's order
 SHORT_NAMES = {"airplane": "plane", "automobile": "car"}
 FOLDER_METRICS = ("auroc", "auprc", "f1", "recall", "precision")
+PIXEL_METRICS = {"auroc_score_paper": "AUROC (paper's score)", "auroc_score_map_max": "AUROC (map max)",
+                 "pixel_auroc": "pixel AUROC", "pixel_aupro": "AUPRO (30% FPR)", "pixel_f1": "pixel F1"}
 PAPER = {  # as printed in the paper (its own protocol), for comparison only
     "auroc": {
         "f-AnoGAN": [.529, .731, .389, .482, .365, .517, .431, .603, .484, .697, .523],
@@ -161,6 +165,20 @@ def folder_table(finished, failed) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def pixel_table(finished) -> tuple[list[str], list[list[str]]]:
+    """Localisation, for runs whose test set has ground-truth masks: rows as Table 3's."""
+    values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in finished:
+        if run.get("pixel_auroc") is not None:
+            key = (Path(run.get("data_root") or run["data"]).name, row_name(run))
+            for metric in PIXEL_METRICS:
+                values[key][metric].append(run.get(metric))
+    header = ["data set", "model", *PIXEL_METRICS.values()]
+    rows = [[data_set, name, *(summarise(values[(data_set, name)][m]) for m in PIXEL_METRICS)]
+            for data_set, name in sorted(values, key=lambda key: (key[0], model_rank(key[1])))]
+    return header, rows
+
+
 def mean_of(values: list[float]) -> float | None:
     values = finite(values)
     return statistics.mean(values) if values else None
@@ -225,6 +243,15 @@ def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
         reference = [["(paper's fasteners)", f"{name} (paper, its protocol)", *(f"{v:.3f}" for v in values), ""]
                      for name, values in PAPER["folder"].items()]
         sections.append("### Table 3: image-folder data sets\n\n" + markdown(header, rows + reference))
+    header, rows = pixel_table(finished)
+    if rows:
+        write_csv(out / "table3_localisation.csv", header, rows)
+        tables["table3_localisation"] = (header, rows)
+        sections.append("### Table 3, localisation: where ground-truth masks exist (the paper reports none)\n\n"
+                        "Image AUROC with the paper's score and with the anomaly map's maximum (both from the same "
+                        "runs), pixel AUROC, AUPRO (per-region overlap up to 30% false-positive rate, normalised) "
+                        "and pixel F1 at the pixel threshold fitted on normal validation images.\n\n"
+                        + markdown(header, rows))
     if failed:
         sections.append("Failed runs (no metrics.json):\n\n" + "\n".join(f"- {run['run']}" for run in failed))
     text = "\n\n".join(sections) + "\n"

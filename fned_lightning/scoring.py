@@ -1,9 +1,11 @@
-"""The anomaly score (paper section 1.2), its normalisation, and the metrics (anomalous = positive)."""
+"""The anomaly score (paper section 1.2), its normalisation, anomaly maps, and the metrics (anomalous =
+positive): image-level, and pixel-level where ground-truth masks exist."""
 
 import math
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.classification import (
     binary_auroc,
     binary_average_precision,
@@ -11,6 +13,8 @@ from torchmetrics.functional.classification import (
     binary_precision,
     binary_recall,
 )
+
+MASK_UNKNOWN = -1  # a mask value: this defect image has no ground truth; left out of the pixel metrics
 
 
 def anomaly_score(
@@ -98,4 +102,86 @@ def evaluate(
     if calibrated_threshold is not None:
         calibrated = detection_metrics(scores, labels, calibrated_threshold)
         metrics |= {f"{name}_calibrated": value for name, value in calibrated.items()}
+    return metrics
+
+
+def anomaly_map(x: torch.Tensor, x_fake: torch.Tensor, sigma: float) -> torch.Tensor:
+    """N x H x W: the residual |x - x_fake| averaged over channels, smoothed with a Gaussian of
+    `sigma` pixels (truncated at 4 sigma, reflected at the borders; 0: the raw residual)."""
+    residual = (x.float() - x_fake.float()).abs().mean(1, keepdim=True)
+    if sigma > 0:  # separable, with a kernel of fixed size: exports to ONNX as two plain convolutions
+        height, width = x.shape[-2:]
+        radius = min(math.ceil(4 * sigma), int(height) - 1, int(width) - 1)  # reflect padding needs radius < size
+        taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
+        kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+        kernel = kernel / kernel.sum()
+        residual = F.pad(residual, (radius, radius, radius, radius), mode="reflect")
+        residual = F.conv2d(F.conv2d(residual, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+    return residual[:, 0]
+
+
+def upper_quantile(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The value that a `fraction` share of `values` exceed (any size: torch.quantile stops at 2**24)."""
+    flat = values.flatten().float()
+    k = min(max(math.ceil((1 - fraction) * len(flat)), 1), len(flat))
+    return flat.kthvalue(k).values
+
+
+def connected_regions(masks: torch.Tensor) -> torch.Tensor:
+    """N x H x W boolean masks -> region ids, 0 for background and 1..K for each 8-connected defect
+    region (as MVTec AD's evaluation labels them), numbered across all images."""
+    masks = masks.bool()
+    ids = torch.arange(1, masks.numel() + 1, dtype=torch.float64).view(masks.shape) * masks
+    ids = ids.unsqueeze(1)
+    keep = masks.unsqueeze(1)
+    while True:  # each pass spreads the largest id one pixel further within its region
+        spread = F.max_pool2d(ids, 3, stride=1, padding=1) * keep
+        if torch.equal(spread, ids):
+            break
+        ids = spread
+    return torch.unique(ids[:, 0].long(), return_inverse=True)[1] if masks.any() else torch.zeros(masks.shape, dtype=torch.long)
+
+
+def aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> float:
+    """The area under the per-region-overlap curve up to `fpr_limit` false-positive rate, divided by
+    `fpr_limit` (MVTec AD; Bergmann et al.): at each threshold, PRO is the mean over every connected
+    defect region of the share of its pixels above the threshold, so a small defect counts as much
+    as a large one; the false-positive rate is over all defect-free pixels. NaN without both kinds."""
+    regions = connected_regions(masks).flatten()
+    n_regions, normal = int(regions.max()), regions == 0
+    if n_regions == 0 or normal.all():
+        return math.nan
+    sizes = torch.bincount(regions, minlength=n_regions + 1).double()
+    # PRO(t) = sum over region pixels above t of 1 / (K * |region|): one cumulative sum in score order
+    weight = torch.where(normal, 0.0, 1.0 / (n_regions * sizes[regions]))
+    scores, order = maps.flatten().double().sort(descending=True)
+    fpr = normal[order].double().cumsum(0) / normal.sum()
+    pro = weight[order].cumsum(0)
+    last_of_ties = torch.cat([scores[1:] != scores[:-1], torch.tensor([True])])  # a threshold takes ties together
+    fpr = torch.cat([torch.zeros(1, dtype=torch.float64), fpr[last_of_ties]])
+    pro = torch.cat([torch.zeros(1, dtype=torch.float64), pro[last_of_ties]])
+    end = int(torch.searchsorted(fpr, torch.tensor(fpr_limit, dtype=torch.float64), right=True))  # fpr[end-1] <= limit
+    if end < len(fpr):  # interpolate the curve at the limit
+        share = (fpr_limit - fpr[end - 1]) / (fpr[end] - fpr[end - 1])
+        fpr = torch.cat([fpr[:end], fpr.new_tensor([fpr_limit])])
+        pro = torch.cat([pro[:end], (pro[end - 1] + share * (pro[end] - pro[end - 1])).view(1)])
+    return (torch.trapezoid(pro, fpr) / fpr_limit).item()
+
+
+def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor, pixel_threshold: float | None) -> dict[str, float | None]:
+    """Pixel AUROC, AUPRO (up to 30% FPR) and, given a threshold fitted on normal validation images'
+    maps, pixel F1, over the images whose masks are known (`MASK_UNKNOWN` ones are left out)."""
+    known = (masks != MASK_UNKNOWN).flatten(1).all(1)
+    maps, masks = maps[known].float().cpu(), masks[known].long().cpu()
+    metrics: dict[str, float | None] = {"n_pixel_scored_images": int(known.sum()), "pixel_auroc": math.nan,
+                                        "pixel_aupro": math.nan, "pixel_f1": None}
+    if masks.numel() == 0 or masks.min() == masks.max():
+        warnings.warn("no image with both defect and normal pixels among the masks: pixel metrics undefined", stacklevel=2)
+        return metrics
+    flat_maps, flat_masks = maps.flatten(), masks.flatten()
+    ranks = min_max_normalise(flat_maps, flat_maps.min().item(), flat_maps.max().item())  # no sigmoid on raw values
+    metrics["pixel_auroc"] = binary_auroc(ranks, flat_masks).item()
+    metrics["pixel_aupro"] = aupro(maps, masks)
+    if pixel_threshold is not None:
+        metrics["pixel_f1"] = binary_f1_score((flat_maps > pixel_threshold).long(), flat_masks).item()
     return metrics

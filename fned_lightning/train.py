@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from fned_lightning.callbacks import PaperProtocol
 from fned_lightning.data import to_model_range
 from fned_lightning.errors import InputError, input_error_in
-from fned_lightning.figures import reconstruction_grid, roc_and_pr_curves, score_histogram
+from fned_lightning.figures import anomaly_map_grid, reconstruction_grid, roc_and_pr_curves, score_histogram
 from fned_lightning.models.detector import PROTOCOLS
 from fned_lightning.scoring import min_max_normalise
 
@@ -136,7 +136,8 @@ def write_results(output_dir: Path, cfg: DictConfig, metrics: dict, model, datam
 
 
 def write_figures(output_dir: Path, metrics: dict, model, datamodule, per_class: int = 8) -> list[Path]:
-    """Score histogram, ROC/PR curves and reconstructions of test images, as PNG in figures/."""
+    """Score histogram, ROC/PR curves, reconstructions and anomaly maps (beside the ground truth, where
+    the data has it) of test images, as PNG in figures/."""
     results, folder = model.test_results, output_dir / "figures"
     title = f"{metrics['model']} {metrics['anomaly_class'] or metrics['data']} (protocol={metrics['protocol']})"
     paths = [
@@ -147,12 +148,16 @@ def write_figures(output_dir: Path, metrics: dict, model, datamodule, per_class:
     picks = [(test.labels == label).nonzero().flatten() for label in (0, 1)]
     count = min(per_class, *(len(p) for p in picks if len(p)))
     model.train(model.protocol == "paper")  # as it was tested
+    chosen = torch.cat([p[:count] for p in picks if len(p)])
     with torch.inference_mode():
-        groups = []
-        for pick in (p[:count] for p in picks if len(p)):
-            x = to_model_range(test.images[pick].to(model.device))
-            groups.append((x, model(x)[1]))
+        x = to_model_range(test.images[chosen].to(model.device))
+        detection = model(x)
+    x, x_fake, maps = x.cpu(), detection.x_fake.cpu(), detection.maps.cpu()
+    groups = [(x[i : i + count], x_fake[i : i + count]) for i in range(0, len(chosen), count)]
     paths.append(reconstruction_grid(groups, folder / "reconstructions.png"))
+    masks = test.masks[chosen].cpu() if test.masks is not None else None
+    paths.append(anomaly_map_grid(x, masks, maps, test.labels[chosen].cpu(), model.pixel_threshold.item(),
+                                  folder / "anomaly_maps.png", title))
     return [p for p in paths if p is not None]
 
 

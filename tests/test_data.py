@@ -8,8 +8,10 @@ from fned_lightning.data import (
     ImageFolderAnomaly,
     InMemoryImages,
     SyntheticParts,
+    draw_parts,
     resolve_cifar10_class,
 )
+from fned_lightning.scoring import MASK_UNKNOWN
 from fned_lightning.errors import InputError
 
 
@@ -144,3 +146,50 @@ def test_device_batches_shuffle_each_epoch_and_split_ranks_evenly():
     assert torch.equal(torch.cat(batches(0)), first[0])  # reproducible for a seed and an epoch
     epoch[0] = 1
     assert not torch.equal(torch.cat(batches(0)), first[0])  # a new order every epoch
+
+
+def test_synthetic_masks_cover_the_painted_defects_exactly():
+    # The same draws with and without defects: a defect is painted over the part after it is drawn,
+    # so the pixels that differ are the painted ones, and the masks must be exactly those.
+    plain, no_defects = draw_parts(64, 32, 1, torch.Generator().manual_seed(3))
+    defective, masks = draw_parts(64, 32, 1, torch.Generator().manual_seed(3), defective=True)
+    assert not no_defects.any() and masks.dtype == torch.int8
+    assert torch.equal(masks.bool(), plain[:, 0] != defective[:, 0])
+    assert masks.flatten(1).any(1).all()  # every defect image has defect pixels
+    module = SyntheticParts(n_train=16, n_test_normal=8, n_test_abnormal=8, image_size=32, channels=1)
+    module.setup("fit")
+    test = module.test_set
+    assert torch.equal(test.masks.flatten(1).any(1), test.labels.bool())  # normal test images: no defect pixels
+
+
+def mvtec_with_masks(root, mask_size=(60, 80)):
+    """parts with root/ground_truth/<defect>/<stem>_mask.png for every defect image but crack/001."""
+    for folder, count in (("train/good", 4), ("test/good", 2), ("test/scratch", 2), ("test/crack", 2)):
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            write_png(torch.full((1, 30, 40), 50 * i, dtype=torch.uint8), str(root / folder / f"{i:03d}.png"))
+    for defect, i in (("scratch", 0), ("scratch", 1), ("crack", 0)):
+        mask = torch.zeros(1, *mask_size, dtype=torch.uint8)
+        mask[:, : mask_size[0] // 2, : mask_size[1] // 4] = 255  # the top half of the first quarter of the columns
+        (root / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
+        write_png(mask, str(root / "ground_truth" / defect / f"{i:03d}_mask.png"))
+    return root
+
+
+def test_mvtec_ground_truth_masks_are_read_resized_and_a_missing_one_is_named(tmp_path, caplog):
+    root = mvtec_with_masks(tmp_path / "parts")
+    module = ImageFolderAnomaly(root=str(root), image_size=16, channels=1)
+    module.setup("fit")
+    masks = {name: mask for name, mask in zip(module.test_names, module.test_set.masks)}
+    assert masks["test/good/000.png"].shape == (16, 16) and not masks["test/good/000.png"].any()
+    expected = torch.zeros(16, 16, dtype=torch.int8)
+    expected[:8, :4] = 1  # nearest-neighbour from 60x80: the same top-left block, scaled
+    assert torch.equal(masks["test/scratch/001.png"], expected)
+    assert (masks["test/crack/001.png"] == MASK_UNKNOWN).all()  # not counted as all-normal
+    assert "ground_truth/crack/001_mask.png" in caplog.text and "left out of the pixel metrics" in caplog.text
+
+
+def test_folders_without_ground_truth_have_no_masks(parts_folder):
+    module = ImageFolderAnomaly(root=str(parts_folder), image_size=16, channels=1)
+    module.setup("fit")
+    assert module.test_set.masks is None

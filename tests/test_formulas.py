@@ -92,7 +92,7 @@ EXPECTED_SCORES = {
 def test_scores_are_the_references(name):
     detector = model(name)
     stub_networks(detector, critic=name == "fanogan")
-    scores, x_fake = detector(X)
+    scores, _, x_fake, _ = detector(X)
     assert x_fake is X_FAKE
     assert scores.shape == (1,) and scores.item() == pytest.approx(EXPECTED_SCORES[name])
 

@@ -35,8 +35,8 @@ def test_a_brightness_and_contrast_shift_does_not_change_the_score():
     x = torch.rand(3, 1, 16, 16) * 0.6 - 0.3
     shifted = 0.7 * x + 0.25  # darker contrast, brighter: still inside [-1, 1]
     with torch.inference_mode():
-        scores, x_fake = model(x)
-        shifted_scores, shifted_fake = model(shifted)
+        scores, _, x_fake, _ = model(x)
+        shifted_scores, _, shifted_fake, _ = model(shifted)
     torch.testing.assert_close(shifted_scores, scores, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(shifted_fake, 0.7 * x_fake + 0.25, rtol=1e-4, atol=1e-4)  # in each image's own intensity
 

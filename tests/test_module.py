@@ -86,6 +86,38 @@ def test_eval_mode_scores_do_not_depend_on_the_batch():
     torch.testing.assert_close(together, alone)
 
 
+def test_the_map_max_image_score_is_each_maps_maximum_and_the_papers_score_is_kept():
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    torch.manual_seed(0)
+    paper = tiny_model().eval()
+    torch.manual_seed(0)
+    map_max = tiny_model(image_score="map_max").eval()
+    with torch.inference_mode():
+        by_paper, by_map = paper(x), map_max(x)
+    assert by_map.maps.shape == (4, 16, 16)
+    torch.testing.assert_close(by_map.scores, by_map.maps.flatten(1).amax(1))
+    torch.testing.assert_close(by_map.paper_scores, by_paper.scores)  # same weights: the paper's score, unchanged
+    torch.testing.assert_close(by_paper.maps, by_map.maps)
+
+
+@pytest.mark.parametrize("hparams,message", [({"image_score": "mean"}, "choose one of: paper, map_max"),
+                                             ({"map_sigma": -1}, "map_sigma must be >= 0")])
+def test_bad_map_settings_are_refused(hparams, message):
+    with pytest.raises(InputError, match=message):
+        tiny_model(**hparams)
+
+
+def test_test_metrics_hold_both_image_scores_and_the_pixel_metrics():
+    model = tiny_model()
+    trainer = fit(model, max_epochs=1, limit_train_batches=2)
+    trainer.test(model, datamodule=trainer.datamodule, verbose=False)
+    metrics = model.test_results["metrics"]
+    assert metrics["image_score"] == "paper" and metrics["auroc"] == metrics["auroc_score_paper"]
+    for key in ("auroc_score_map_max", "auprc_score_map_max", "pixel_auroc", "pixel_aupro", "pixel_f1"):
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["n_pixel_scored_images"] == 16 and model.pixel_threshold.isfinite()
+
+
 def fit_config_model(name: str, **trainer_args):
     from hydra.utils import instantiate
 
@@ -111,7 +143,7 @@ def test_every_gan_config_trains_both_networks_and_scores_images(name):
     terms = {k.removeprefix("train/loss_"): v for k, v in m.items() if k.startswith("train/loss_") and k[-2:] not in ("_g", "_d")}
     assert set(terms) == set(model.loss_weights)
     torch.testing.assert_close(m["train/loss_g"], sum(model.loss_weights[k] * v for k, v in terms.items()))
-    scores, x_fake = model.eval()(torch.rand(3, 1, 16, 16) * 2 - 1)
+    scores, _, x_fake, _ = model.eval()(torch.rand(3, 1, 16, 16) * 2 - 1)
     assert scores.shape == (3,) and x_fake.shape == (3, 1, 16, 16) and torch.isfinite(scores).all()
 
 

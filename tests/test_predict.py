@@ -10,8 +10,9 @@ from PIL import Image
 
 from fned_lightning.data import draw_parts
 from fned_lightning.errors import InputError
-from fned_lightning.export import ScoreAndHeatmap, export, write
+from fned_lightning.export import ScoreAndMap, export, write
 from fned_lightning.predict import load_detector, predict
+from fned_lightning.scoring import anomaly_map
 from tests.conftest import TINY, run_cli
 
 
@@ -29,7 +30,7 @@ def checkpoint(tmp_path_factory):
 def parts(tmp_path_factory):
     """Images as they come: grey, RGBA, 16-bit, palette, of mixed sizes, in subfolders, plus junk."""
     root = tmp_path_factory.mktemp("new_parts")
-    images = draw_parts(6, 48, 1, torch.Generator().manual_seed(1), defective=True)[:, 0].numpy()
+    images = draw_parts(6, 48, 1, torch.Generator().manual_seed(1), defective=True)[0][:, 0].numpy()
     (root / "line1").mkdir()
     Image.fromarray(images[0]).save(root / "line1" / "grey.png")
     Image.fromarray(images[1]).convert("RGBA").save(root / "line1" / "rgba.png")
@@ -67,14 +68,15 @@ def test_predict_scores_every_readable_image_and_skips_the_rest(checkpoint, part
     assert all(rows[name]["decision"] in ("normal", "abnormal") for name in readable)
     assert rows["truncated.png"]["decision"].startswith("unreadable: cannot read image")
     assert (summary["n_scored"], summary["n_skipped"], summary["decision"]) == (5, 1, "calibrated")
-    heatmaps = {p.name for p in (tmp_path / "out" / "heatmaps").glob("*.png")}
-    assert heatmaps == {"line1__grey.png", "line1__rgba.png", "line1__sixteen_bit.png", "palette.png", "small.png"}
+    expected = {"line1__grey.png", "line1__rgba.png", "line1__sixteen_bit.png", "palette.png", "small.png"}
+    for folder in ("overlays", "masks"):
+        assert {p.name for p in (tmp_path / "out" / folder).glob("*.png")} == expected
     assert json.loads((tmp_path / "out" / "predictions.json").read_text())["n_abnormal"] == summary["n_abnormal"]
 
 
 def test_an_image_gets_the_same_score_alone_or_in_a_batch(checkpoint, parts, tmp_path):
-    predict(predict_config(checkpoint, parts, tmp_path / "batch", "batch_size=8", "heatmaps=false"))
-    predict(predict_config(checkpoint, parts / "line1" / "rgba.png", tmp_path / "alone", "heatmaps=false"))
+    predict(predict_config(checkpoint, parts, tmp_path / "batch", "batch_size=8", "overlays=false"))
+    predict(predict_config(checkpoint, parts / "line1" / "rgba.png", tmp_path / "alone", "overlays=false"))
     batch, alone = read_rows(tmp_path / "batch")["rgba.png"], read_rows(tmp_path / "alone")["rgba.png"]
     assert float(alone["score"]) == pytest.approx(float(batch["score"]), rel=1e-5)
     assert alone["decision"] == batch["decision"]
@@ -83,7 +85,7 @@ def test_an_image_gets_the_same_score_alone_or_in_a_batch(checkpoint, parts, tmp
 def test_both_decision_rules_use_the_thresholds_in_the_checkpoint(checkpoint, parts, tmp_path):
     model, _ = load_detector(checkpoint)
     for decision in ("calibrated", "paper"):
-        predict(predict_config(checkpoint, parts, tmp_path / decision, f"decision={decision}", "heatmaps=false"))
+        predict(predict_config(checkpoint, parts, tmp_path / decision, f"decision={decision}", "overlays=false"))
         for row in read_rows(tmp_path / decision).values():
             if row["score"]:
                 score, normalised = float(row["score"]), float(row["normalised_score"])
@@ -133,13 +135,18 @@ def test_onnx_export_matches_pytorch(checkpoint, tmp_path):
     model, _ = load_detector(checkpoint)
     images = torch.rand(3, 1, 16, 16)
     with torch.no_grad():
-        expected_score, expected_heatmap = ScoreAndHeatmap(model).eval()(images)
+        expected_score, expected_map = ScoreAndMap(model).eval()(images)
+        x = images * 2 - 1
+        smoothed = anomaly_map(x, model(x).x_fake, sigma=model.map_sigma)  # the map the export must return
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    score, heatmap = session.run(None, {"images": images.numpy()})
+    score, onnx_map = session.run(None, {"images": images.numpy()})
     np.testing.assert_allclose(score, expected_score.numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(heatmap, expected_heatmap.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(onnx_map, expected_map.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(onnx_map, smoothed.numpy(), rtol=1e-4, atol=1e-4)
+    assert model.map_sigma == 4 and not torch.allclose(smoothed, (x - model(x).x_fake).abs().mean(1))
     sidecar = json.loads(path.with_suffix(".json").read_text())
     assert sidecar["image_size"] == 16 and set(sidecar["thresholds"]) == {"calibrated", "paper"}
+    assert sidecar["pixel_threshold"] == pytest.approx(model.pixel_threshold.item())
 
 
 def test_pt2_export_matches_pytorch(checkpoint, tmp_path):
@@ -147,7 +154,7 @@ def test_pt2_export_matches_pytorch(checkpoint, tmp_path):
     model, _ = load_detector(checkpoint)
     images = torch.rand(2, 1, 16, 16)
     with torch.no_grad():
-        expected = ScoreAndHeatmap(model).eval()(images)
+        expected = ScoreAndMap(model).eval()(images)
         actual = torch.export.load(str(path)).module()(images)
     torch.testing.assert_close(actual, expected)
 
@@ -162,7 +169,7 @@ def test_every_model_exports_and_matches_pytorch(name, format, tmp_path):
 
     model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name]).model)
     model.score_min.fill_(1.0), model.score_max.fill_(3.0)
-    wrapper = ScoreAndHeatmap(model).eval()
+    wrapper = ScoreAndMap(model).eval()
     output = tmp_path / f"model.{format}"
     write(wrapper, torch.rand(2, 1, 16, 16), output, format, opset=17)
     images = torch.rand(3, 1, 16, 16)  # another batch size than the example's
@@ -175,3 +182,17 @@ def test_every_model_exports_and_matches_pytorch(name, format, tmp_path):
         actual = torch.export.load(str(output)).module()(images)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+
+
+def test_overlays_and_masks_are_at_each_inputs_own_resolution(checkpoint, parts, tmp_path):
+    predict(predict_config(checkpoint, parts, tmp_path / "out"))
+    model, _ = load_detector(checkpoint)
+    rows = read_rows(tmp_path / "out")
+    for name, own_size in (("small", (40, 24)), ("palette", (48, 48))):
+        mask = Image.open(tmp_path / "out" / "masks" / f"{name}.png")
+        assert mask.size == own_size and set(np.unique(np.asarray(mask))) <= {0, 255}
+        overlay = Image.open(tmp_path / "out" / "overlays" / f"{name}.png")
+        assert overlay.size[1] == own_size[1] and overlay.size[0] > own_size[0]  # the image, and its colour scale beside it
+    # the mask is the map above the checkpoint's pixel threshold: an image whose map is above it somewhere has white pixels
+    summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert summary["pixel_threshold"] == pytest.approx(model.pixel_threshold.item()) and rows

@@ -70,3 +70,17 @@ def test_a_both_run_gives_an_honest_row_a_paper_row_and_their_gap(tmp_path):
 def test_empty_folder_is_reported(tmp_path):
     with pytest.raises(SystemExit, match="no runs under"):
         report_main([str(tmp_path), "--wandb", "off"])
+
+
+def test_runs_with_masks_get_a_localisation_table_beside_table_3(tmp_path):
+    runs = tmp_path / "multirun"
+    pixels = {"auroc_score_paper": 0.7, "auroc_score_map_max": 0.8, "pixel_auroc": 0.9, "pixel_aupro": 0.6, "pixel_f1": 0.3}
+    fake_run(runs, "0", scores(0.7) | pixels, data="synthetic", anomaly_class=None)
+    fake_run(runs, "1", scores(0.7) | pixels | {"pixel_aupro": 0.4}, data="synthetic", anomaly_class=None)
+    fake_run(runs, "2", scores(0.6) | {"pixel_auroc": None}, data="folder", anomaly_class=None, model="ganomaly")  # no masks
+    report_main([str(runs), "--wandb", "off"])
+    with open(runs / "report" / "table3_localisation.csv") as file:
+        (row,) = list(csv.DictReader(file))
+    assert (row["data set"], row["model"]) == ("synthetic", "FNED")
+    assert row["AUROC (map max)"] == "0.800 ± 0.000 (n=2)" and row["AUPRO (30% FPR)"] == "0.500 ± 0.141 (n=2)"
+    assert "Table 3, localisation" in (runs / "report" / "tables.md").read_text()

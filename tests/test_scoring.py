@@ -3,7 +3,19 @@ import math
 import pytest
 import torch
 
-from fned_lightning.scoring import anomaly_score, detection_metrics, evaluate, min_max_normalise, ranking_metrics
+from fned_lightning.scoring import (
+    MASK_UNKNOWN,
+    anomaly_map,
+    anomaly_score,
+    aupro,
+    connected_regions,
+    detection_metrics,
+    evaluate,
+    min_max_normalise,
+    pixel_metrics,
+    ranking_metrics,
+    upper_quantile,
+)
 
 
 def test_anomaly_score_matches_hand_computed_norms():
@@ -64,3 +76,64 @@ def test_evaluate_reports_both_normalisations():
 
 def test_min_max_normalise():
     torch.testing.assert_close(min_max_normalise(torch.tensor([1.0, 3.0, 5.0]), 1.0, 3.0), torch.tensor([0.0, 1.0, 2.0]))
+
+
+def two_defect_images():
+    masks = torch.zeros(2, 8, 8, dtype=torch.int8)
+    masks[0, 1:3, 1:3] = 1  # a 2x2 defect
+    masks[1, 4:8, 2:7] = 1  # a 4x5 defect
+    return masks
+
+
+def test_a_perfect_map_scores_one_and_an_inverted_map_zero():
+    masks = two_defect_images()
+    perfect = pixel_metrics(masks.float(), masks, pixel_threshold=0.5)
+    assert perfect["pixel_auroc"] == pytest.approx(1.0) and perfect["pixel_aupro"] == pytest.approx(1.0)
+    assert perfect["pixel_f1"] == pytest.approx(1.0)
+    inverted = pixel_metrics(1 - masks.float(), masks, pixel_threshold=0.5)
+    assert inverted["pixel_auroc"] == pytest.approx(0.0) and inverted["pixel_aupro"] == pytest.approx(0.0)
+
+
+def test_aupro_averages_over_regions_not_pixels():
+    # One row: region A (1 pixel), a normal pixel, region B (3 pixels), a normal pixel.
+    masks = torch.tensor([[[1, 0, 1, 1, 1, 0]]])
+    maps = torch.tensor([[[0.9, 0.5, 0.8, 0.3, 0.2, 0.1]]])
+    # Thresholds high to low: A found (PRO 1/2), B's first pixel (PRO 1/2 + 1/6) with no false positive
+    # yet; then the normal 0.5 (FPR 1/2). Up to FPR 0.3, PRO stays 2/3: area 0.2, normalised 2/3.
+    # Counting pixels instead of regions would give 2/4 there.
+    assert aupro(maps, masks) == pytest.approx(2 / 3)
+    # Up to FPR 1: 1/2 * 2/3 + 1/2 * 1 (the rest of B found at FPR 1/2) = 5/6.
+    assert aupro(maps, masks, fpr_limit=1.0) == pytest.approx(5 / 6)
+
+
+def test_regions_are_8_connected_and_numbered_across_images():
+    masks = torch.tensor([[[1, 0, 0], [0, 1, 0], [0, 0, 0]], [[0, 0, 1], [0, 0, 1], [1, 0, 0]]])
+    regions = connected_regions(masks)
+    assert regions[0, 0, 0] == regions[0, 1, 1] != 0  # diagonal neighbours: one region
+    assert len({regions[1, 0, 2].item(), regions[1, 2, 0].item(), regions[0, 0, 0].item()}) == 3
+    assert regions.max() == 3 and (regions[masks == 0] == 0).all()
+
+
+def test_images_without_a_known_mask_are_left_out_of_the_pixel_metrics():
+    masks = two_defect_images()
+    unknown = torch.full((1, 8, 8), MASK_UNKNOWN, dtype=torch.int8)
+    maps = torch.cat([masks.float(), torch.rand(1, 8, 8)])
+    metrics = pixel_metrics(maps, torch.cat([masks, unknown]), pixel_threshold=0.5)
+    assert metrics["n_pixel_scored_images"] == 2 and metrics["pixel_aupro"] == pytest.approx(1.0)
+
+
+def test_anomaly_map_is_the_channel_mean_residual_smoothed():
+    x = torch.zeros(1, 3, 16, 16)
+    x_fake = torch.zeros(1, 3, 16, 16)
+    x_fake[0, :, 8, 8] = 0.9  # one bright pixel
+    raw = anomaly_map(x, x_fake, sigma=0)
+    assert raw[0, 8, 8] == pytest.approx(0.9) and raw.sum() == pytest.approx(0.9)
+    smooth = anomaly_map(x, x_fake, sigma=1)  # radius 4: the border is not reached
+    assert smooth.shape == (1, 16, 16) and smooth.sum() == pytest.approx(0.9)  # spread, not lost
+    assert smooth[0, 8, 8] == smooth.max() < 0.9 / 4 and smooth[0, 8, 9] > smooth[0, 8, 11] > smooth[0, 8, 12] > 0
+    assert smooth[0, 8, 13] == 0  # truncated at 4 sigma
+
+
+def test_upper_quantile_is_exceeded_by_the_given_share():
+    values = torch.arange(1000.0).view(10, 10, 10)
+    assert (values > upper_quantile(values, 0.05)).float().mean() == pytest.approx(0.05)

@@ -29,10 +29,11 @@ def test_synthetic_run_writes_metrics_scores_config_and_checkpoint(tmp_path):
     assert metrics["protocol"] == "honest" and metrics["model"] == "fned" and metrics["epochs"] == 2
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (44, 4, 16)
     assert 0 <= metrics["auroc"] <= 1
+    assert 0 <= metrics["pixel_auroc"] <= 1 and 0 <= metrics["pixel_aupro"] <= 1  # synthetic parts: masks known
     assert len(rows) == 16 and {row["label"] for row in rows} == {"0", "1"}
     assert all(row["name"].startswith("synthetic/defect/") == (row["label"] == "1") for row in rows)
     assert (run / "config.yaml").exists() and (run / "csv" / "metrics.csv").exists()
-    for figure in ("score_histogram", "roc_pr", "reconstructions"):
+    for figure in ("score_histogram", "roc_pr", "reconstructions", "anomaly_maps"):
         assert (run / "figures" / f"{figure}.png").stat().st_size > 1000
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # plain data, no pickled classes
     assert checkpoint["state_dict"]["score_min"].item() == pytest.approx(metrics["score_min"])
@@ -45,6 +46,7 @@ def test_cifar10_folder_copy_with_the_papers_short_name(tmp_path, cifar_folder):
     assert done.returncode == 0, done.stderr[-3000:]
     _, metrics, rows = results(tmp_path)
     assert metrics["anomaly_class"] == "airplane"
+    assert metrics["pixel_auroc"] is None and 0 <= metrics["auroc_score_map_max"] <= 1  # no masks; both image scores
     assert metrics["n_test_normal"] == 18 and metrics["n_test_abnormal"] == 5
     assert sum(row["name"].split("/")[1] == "airplane" for row in rows) == 5
 

@@ -1,13 +1,26 @@
-"""What every model shares: validation fits the score normalisation, test computes the metrics."""
+"""What every model shares: anomaly maps, validation fits the score normalisation and thresholds,
+test computes the image and pixel metrics."""
+
+from typing import NamedTuple
 
 import lightning as L
 import torch
 
 from fned_lightning.data import INTENSITIES, epoch_seed, image_moments, match_intensity
 from fned_lightning.errors import InputError
-from fned_lightning.scoring import evaluate, min_max_normalise
+from fned_lightning.scoring import anomaly_map, evaluate, min_max_normalise, pixel_metrics, ranking_metrics, upper_quantile
 
 PROTOCOLS = ("honest", "paper", "both")  # both: the honest evaluation and the paper's, from one training run
+IMAGE_SCORES = ("paper", "map_max")  # the paper's score (each model's own), or the anomaly map's maximum
+
+
+class Detection(NamedTuple):
+    """What a detector gives for a batch of images."""
+
+    scores: torch.Tensor        # N: the image score chosen by `image_score`
+    maps: torch.Tensor          # N x H x W: the smoothed residual, at the input's resolution
+    x_fake: torch.Tensor        # N x C x H x W: reconstructions, in the image's own intensity
+    paper_scores: torch.Tensor  # N: the paper's score, whichever `image_score` is chosen
 
 
 class AnomalyDetector(L.LightningModule):
@@ -23,10 +36,15 @@ class AnomalyDetector(L.LightningModule):
     the normal training images (`intensity_mean` / `intensity_std`, fitted when training starts and
     kept in the checkpoint) before the networks see it, in training and in `forward`, so validation,
     test, predict and the exported model all see the same: a lighting drift is not an anomaly.
+
+    Every `forward` also gives anomaly maps: |x - x_fake| of the images as the networks see them,
+    averaged over channels and smoothed with a Gaussian of `map_sigma` pixels. `image_score` chooses
+    the image score: the paper's (default) or the map's maximum; both are reported at test. Validation
+    also fits `pixel_threshold`, the map value that `false_positive_rate` of normal pixels exceed.
     """
 
     def __init__(self, threshold: float = 0.2, protocol: str = "honest", false_positive_rate: float = 0.05,
-                 intensity: str = "none"):
+                 intensity: str = "none", map_sigma: float = 4.0, image_score: str = "paper"):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise InputError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
@@ -34,15 +52,20 @@ class AnomalyDetector(L.LightningModule):
             raise InputError(f"model.false_positive_rate must be in (0, 1), got {false_positive_rate}")
         if intensity not in INTENSITIES:
             raise InputError(f"unknown intensity {intensity!r}; choose one of: {', '.join(INTENSITIES)}")
+        if image_score not in IMAGE_SCORES:
+            raise InputError(f"unknown model.image_score={image_score}; choose one of: {', '.join(IMAGE_SCORES)}")
+        if map_sigma < 0:
+            raise InputError(f"model.map_sigma must be >= 0 (pixels; 0 for the raw residual), got {map_sigma}")
         self.threshold, self.protocol, self.false_positive_rate = threshold, protocol, false_positive_rate
-        self.intensity = intensity
+        self.intensity, self.map_sigma, self.image_score = intensity, map_sigma, image_score
         self.register_buffer("intensity_mean", torch.tensor(float("nan")))
         self.register_buffer("intensity_std", torch.tensor(float("nan")))
         self.register_buffer("score_min", torch.tensor(float("nan")))
         self.register_buffer("score_max", torch.tensor(float("nan")))
         self.register_buffer("score_threshold", torch.tensor(float("nan")))
-        self._val_scores: list[torch.Tensor] = []
-        self._test_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
+        self._val_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._test_batches: list[tuple[torch.Tensor, ...]] = []
         self.test_results: dict | None = None
 
     def on_fit_start(self) -> None:
@@ -63,14 +86,18 @@ class AnomalyDetector(L.LightningModule):
         mapped to the normal training images' (clamped to [-1, 1], the Tanh range); else unchanged."""
         return x if self.intensity == "none" else match_intensity(x, self.intensity_mean, self.intensity_std)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw anomaly scores and reconstructions of images in [-1, 1]. The reconstruction is returned
-        in the image's own intensity, so residual maps and figures compare like with like."""
-        scores, x_fake = self.score(self.match_intensity(x))
+    def forward(self, x: torch.Tensor) -> Detection:
+        """Raw anomaly scores, anomaly maps and reconstructions of images in [-1, 1]. The maps compare
+        the images as the networks see them (as the score does); the reconstruction is returned in the
+        image's own intensity, for figures."""
+        seen = self.match_intensity(x)
+        paper_scores, x_fake = self.score(seen)
+        maps = anomaly_map(seen, x_fake, self.map_sigma)
         if self.intensity == "per_image":
             mean, std = image_moments(x)
             x_fake = (x_fake - self.intensity_mean) * (std.clamp_min(1e-3) / self.intensity_std) + mean
-        return scores, x_fake
+        scores = paper_scores if self.image_score == "paper" else maps.flatten(1).amax(1)
+        return Detection(scores, maps, x_fake, paper_scores)
 
     def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each model's own: raw scores and reconstructions of images as the networks see them."""
@@ -86,16 +113,20 @@ class AnomalyDetector(L.LightningModule):
         self.log("train/lr", self.optimizers()[0].param_groups[0]["lr"])
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._val_scores.append(self(batch[0])[0])
+        detection = self(batch[0])
+        self._val_batches.append((detection.scores, detection.maps))
 
     def on_validation_epoch_end(self) -> None:
-        scores = self.all_gather(torch.cat(self._val_scores)).flatten()
-        self._val_scores.clear()
+        scores, maps = (self.all_gather(torch.cat(parts)) for parts in zip(*self._val_batches))
+        scores = scores.flatten()
+        self._val_batches.clear()
         self.score_min.fill_(scores.min())
         self.score_max.fill_(scores.max())
         self.score_threshold.fill_(torch.quantile(scores.float(), 1 - self.false_positive_rate))
+        self.pixel_threshold.fill_(upper_quantile(maps, self.false_positive_rate))
         self.log_dict({"val/score_mean": scores.mean(), "val/score_min": scores.min(), "val/score_max": scores.max(),
-                       "val/score_threshold": self.score_threshold}, rank_zero_only=True)  # gathered: the same on every rank
+                       "val/score_threshold": self.score_threshold, "val/pixel_threshold": self.pixel_threshold},
+                      rank_zero_only=True)  # gathered: the same on every rank
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """What `predict` and `export` need besides the weights: the class, and the images it expects."""
@@ -112,23 +143,43 @@ class AnomalyDetector(L.LightningModule):
         if self.protocol == "paper":
             self.train()  # the anchors' evaluation: BatchNorm on batch statistics
 
+    def test_masks(self) -> torch.Tensor | None:
+        """The test set's ground-truth masks (see data.InMemoryImages), where its data has them."""
+        test_set = getattr(self.trainer.datamodule, "test_set", None)
+        return getattr(test_set, "masks", None)
+
     def test_step(self, batch, batch_idx: int) -> None:
         x, labels, index = batch
-        self._test_batches.append((self(x)[0], labels, index))
+        detection = self(x)
+        map_scores = detection.maps.flatten(1).amax(1)
+        maps = detection.maps if self.test_masks() is not None else detection.maps[:0]  # kept only to compare with masks
+        self._test_batches.append((detection.scores, detection.paper_scores, map_scores, labels, index, maps))
 
     def on_test_epoch_end(self) -> None:
-        scores, labels, index = (self.all_gather(torch.cat(parts)).flatten() for parts in zip(*self._test_batches))
+        *per_image, maps = (self.all_gather(torch.cat(parts)) for parts in zip(*self._test_batches))
+        scores, paper_scores, map_scores, labels, index = (part.flatten() for part in per_image)
+        maps = maps.flatten(0, -3)  # ranks x N x H x W -> N x H x W
         self._test_batches.clear()
         # Under DDP the sampler pads the last batches with repeats: score each test image once.
         unique, inverse = torch.unique(index, return_inverse=True)
         first = torch.full_like(unique, len(index)).scatter_reduce(0, inverse, torch.arange(len(index), device=index.device), "amin")
-        scores, labels, index = scores[first], labels[first], index[first]
+        scores, paper_scores, map_scores, labels, index = (t[first] for t in (scores, paper_scores, map_scores, labels, index))
         fitted = self.protocol != "paper" and not torch.isnan(self.score_min)
         metrics = evaluate(
             scores, labels, self.threshold,
             fitted_range=(self.score_min.item(), self.score_max.item()) if fitted else None,
             calibrated_threshold=self.score_threshold.item() if fitted else None,
         )
+        metrics["image_score"] = self.image_score
+        for name, by_score in (("paper", paper_scores), ("map_max", map_scores)):  # the two image scores, same run
+            metrics |= {f"{metric}_score_{name}": value for metric, value in ranking_metrics(by_score, labels).items()}
+        masks = self.test_masks()
+        if masks is None:
+            metrics |= {"pixel_auroc": None, "pixel_aupro": None, "pixel_f1": None}
+        else:
+            pixel_threshold = self.pixel_threshold.item() if fitted and not torch.isnan(self.pixel_threshold) else None
+            metrics |= pixel_metrics(maps[first], masks[index.to(masks.device)], pixel_threshold)
         prefix = "test_paper/" if self.protocol == "paper" else "test/"  # never the same keys for both evaluations
         self.log_dict({prefix + k: v for k, v in metrics.items() if isinstance(v, float)}, rank_zero_only=True)
-        self.test_results = {"metrics": metrics, "scores": scores.cpu(), "labels": labels.cpu(), "index": index.cpu()}
+        self.test_results = {"metrics": metrics, "scores": scores.cpu(), "labels": labels.cpu(), "index": index.cpu(),
+                             "maps": maps[first].cpu() if masks is not None else None}

@@ -32,8 +32,10 @@ class FAnoGAN(AnomalyDetector):
         protocol: str = "honest",
         false_positive_rate: float = 0.05,
         intensity: str = "none",
+        map_sigma: float = 4.0,
+        image_score: str = "paper",
     ):
-        super().__init__(threshold, protocol, false_positive_rate, intensity)
+        super().__init__(threshold, protocol, false_positive_rate, intensity, map_sigma, image_score)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator = instantiate(generator)

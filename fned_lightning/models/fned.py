@@ -50,8 +50,10 @@ class AnomalyGAN(AnomalyDetector):
         protocol: str = "honest",
         false_positive_rate: float = 0.05,
         intensity: str = "none",
+        map_sigma: float = 4.0,
+        image_score: str = "paper",
     ):
-        super().__init__(threshold, protocol, false_positive_rate, intensity)
+        super().__init__(threshold, protocol, false_positive_rate, intensity, map_sigma, image_score)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.loss_weights = loss_weights or {"adv": 1.0, "con": 20.0, "lat": 1.0}
