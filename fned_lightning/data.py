@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import InterpolationMode
@@ -27,7 +29,15 @@ log = logging.getLogger(__name__)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_ALIASES = {"plane": "airplane", "car": "automobile"}  # the paper's short names
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}  # what torchvision.io decodes
+DECODED_BY_TORCHVISION = {".png", ".jpg", ".jpeg", ".webp", ".gif"}  # fast, in C++; the rest through Pillow
+_NOT_RASTER = {".bufr", ".grib", ".h5", ".hdf", ".eps", ".ps", ".wmf", ".emf", ".mpeg", ".mpg"}  # stubs, vector, video
+Image.init()
+IMAGE_SUFFIXES = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN} - _NOT_RASTER
+READABLE = ".png, .jpg, .bmp, .tif/.tiff (8 or 16 bit), .webp, .gif, .pgm/.ppm and every other raster format Pillow reads"
+
+
+def suffixes_of(files: Sequence[Path]) -> str:
+    return ", ".join(sorted({p.suffix.lower() or "(none)" for p in files}))
 SIZE_MULTIPLE = 16  # the generators downsample four times
 
 
@@ -48,22 +58,38 @@ def list_images(folder: Path, expected_layout: str) -> list[Path]:
         raise InputError(f"expected a folder of images at {folder}, but it does not exist.\n{expected_layout}")
     files = sorted(p for p in folder.iterdir() if p.is_file())
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    if len(images) < len(files):
-        log.warning("skipped %d non-image files in %s (readable: %s)", len(files) - len(images), folder,
-                    ", ".join(sorted(IMAGE_SUFFIXES)))
+    others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        log.warning("skipped %d files in %s that are not images (%s; readable: %s)", len(others), folder,
+                    suffixes_of(others), READABLE)
     if not images:
-        raise InputError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).\n{expected_layout}")
+        found = f"found only {suffixes_of(files)} files" if files else "it is empty"
+        raise InputError(f"no images in {folder}: {found}; readable: {READABLE}.\n{expected_layout}")
     return images
 
 
 def read_image(path: Path, channels: int) -> torch.Tensor:
     """One image as uint8 CxHxW with `channels` channels (grey, palette, RGBA and 16-bit converted)."""
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     try:
-        image = decode_image(str(path), mode=mode)
-    except (RuntimeError, ValueError) as error:
+        if path.suffix.lower() not in DECODED_BY_TORCHVISION:
+            return read_with_pillow(path, channels)
+        image = decode_image(str(path), mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+    except (RuntimeError, ValueError, OSError) as error:
         raise InputError(f"cannot read image {path}: {error}. Remove or replace the file.") from error
     return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)
+
+
+def read_with_pillow(path: Path, channels: int) -> torch.Tensor:
+    """BMP, TIFF (8- and 16-bit) and every other format Pillow reads, as read_image returns them."""
+    with Image.open(path) as image:
+        if image.mode.startswith("I") or image.mode == "F":  # 16-bit (or integer / float) grey: scale, not clip
+            values = np.asarray(image, dtype=np.float64)
+            full_scale = 1.0 if image.mode == "F" and values.max() <= 1 else 65535.0 if values.max() <= 65535 else values.max()
+            grey = torch.from_numpy(np.clip(np.round(values / full_scale * 255), 0, 255).astype(np.uint8))[None]
+            return grey.expand(channels, -1, -1).contiguous()
+        converted = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    picture = torch.from_numpy(converted.copy())
+    return picture[None] if channels == 1 else picture.permute(2, 0, 1).contiguous()
 
 
 def load_images(paths: Sequence[Path], channels: int, image_size: int) -> torch.Tensor:
@@ -268,6 +294,8 @@ class AnomalyDataModule(L.LightningDataModule):
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, torch.Tensor):  # the model summary's example input: already in [-1, 1]
+            return batch
         images, labels, index = batch
         return to_model_range(images), labels, index  # on the device: the host only slices uint8
 

@@ -10,9 +10,8 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 import torch
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
-from torchvision.utils import save_image
 
-from fned_lightning.scoring import min_max_normalise
+from fned_lightning.scoring import min_max_normalise, ranking_metrics
 
 
 def score_histogram(scores: torch.Tensor, labels: torch.Tensor, path: Path, title: str, threshold: float | None = None) -> Path:
@@ -34,22 +33,38 @@ def roc_and_pr_curves(scores: torch.Tensor, labels: torch.Tensor, path: Path, ti
     ranks = min_max_normalise(scores, scores.min().item(), scores.max().item())
     fpr, tpr, _ = binary_roc(ranks, labels)
     precision, recall, _ = binary_precision_recall_curve(ranks, labels)
+    metrics = ranking_metrics(scores, labels)
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(9, 4))
     roc.plot(fpr.tolist(), tpr.tolist())
     roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC (AUROC {metrics['auroc']:.3f})")
     pr.plot(recall.tolist(), precision.tolist())
     pr.axhline(labels.float().mean().item(), color="grey", linestyle=":")
-    pr.set(xlabel="recall", ylabel="precision", title="precision-recall")
+    pr.set(xlabel="recall", ylabel="precision", title=f"precision-recall (AUPRC {metrics['auprc']:.3f})")
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def reconstruction_grid(groups: list[tuple[torch.Tensor, torch.Tensor]], path: Path) -> Path:
-    """One row of inputs and one row of their reconstructions per group (e.g. normal, abnormal); [-1, 1]."""
-    rows = torch.cat([part for images, reconstructions in groups for part in (images, reconstructions)])
+def reconstruction_grid(groups: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, title: str) -> Path:
+    """Per group (e.g. "normal", "defect"), a row of inputs over a row of their reconstructions; [-1, 1]."""
+    rows = [(f"{name}\ninput" if kind == 0 else "reconstruction", part)
+            for name, pair in groups.items() for kind, part in enumerate(pair)]
+    columns = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns + 0.8, 1.15 * len(rows) + 0.4), squeeze=False,
+                             layout="constrained")
+    for i, (label, images) in enumerate(rows):
+        for j, ax in enumerate(axes[i]):
+            ax.set_xticks([]), ax.set_yticks([])
+            if j < len(images):
+                picture = (images[j].float().cpu() * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 0).squeeze(-1)
+                ax.imshow(picture.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.set_axis_off()
+        axes[i, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle(f"{title}: test images and their reconstructions", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(rows.float().cpu() * 0.5 + 0.5, path, nrow=len(groups[0][0]), padding=1)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path
 
 

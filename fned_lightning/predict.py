@@ -32,7 +32,7 @@ from rich.progress import track
 from torchvision.io import write_png
 from torchvision.transforms.v2.functional import resize
 
-from fned_lightning.data import IMAGE_SUFFIXES, read_image, to_model_range
+from fned_lightning.data import IMAGE_SUFFIXES, READABLE, read_image, suffixes_of, to_model_range
 from fned_lightning.errors import InputError, exit_on_input_error
 from fned_lightning.networks.layers import to_channels_last
 
@@ -71,8 +71,11 @@ def find_images(spec: str) -> list[Path]:
     else:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    if len(images) < len(files):
-        log.warning("skipped %d files that are not images (%s)", len(files) - len(images), ", ".join(sorted(IMAGE_SUFFIXES)))
+    others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        log.warning("skipped %d files that are not images (%s; readable: %s)", len(others), suffixes_of(others), READABLE)
+    if not images and files:
+        raise InputError(f"no images at input={spec}: found only {suffixes_of(files)} files; readable: {READABLE}")
     if not images:
         raise InputError(f"no images found at input={spec}: give an image file, a folder of images or a glob pattern")
     return images
@@ -180,11 +183,18 @@ def predict(cfg: DictConfig) -> dict:
     with open(output / "predictions.csv", "w", newline="") as file:
         csv.writer(file).writerows([["path", "score", "normalised_score", "decision"], *rows])
     abnormal = sum(row[3] == "abnormal" for row in rows)
+    scores_seen = torch.tensor([float(row[1]) for row in rows if row[1]])
+    above_range = (scores_seen > model.score_max.item()).float().mean().item() if len(scores_seen) else 0.0
+    if above_range > 0.5:  # most of the folder outside what normal parts scored: not the conditions it was trained for
+        log.warning("%.0f%% of these images score above every normal validation image: they differ from the training "
+                    "images as a whole (lighting, camera, a different part?), not only where a defect is. Decisions on "
+                    "them cannot be trusted; see README 'Inspect your own parts' (data.intensity=per_image, or train on "
+                    "normal images taken under these conditions).", 100 * above_range)
     summary = {
         "ckpt_path": str(cfg.ckpt_path), "model": info["model_target"].rsplit(".", 1)[-1], "image_size": size,
         "decision": cfg.decision, "rule": rule, "n_images": len(paths), "n_scored": scored, "n_abnormal": abnormal,
         "n_skipped": skipped, "device": str(device),
-        "pixel_threshold": pixel_threshold, "map_scale": map_scale,
+        "pixel_threshold": pixel_threshold, "map_scale": map_scale, "share_above_validation_range": above_range,
         "images_per_s": scored / (time.perf_counter() - started),  # reading, scoring, overlays and masks
         "model_images_per_s": scored / seconds if seconds else math.nan,  # the networks alone
     }

@@ -51,6 +51,9 @@ PAPER = {  # as printed in the paper (its own protocol), for comparison only
 }
 
 
+PAPER_BUDGET = "15 ep x all img"  # the paper's section 2.2
+
+
 def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
     """(metrics of finished runs, descriptions of runs that started but wrote no metrics.json)."""
     finished, failed = [], []
@@ -94,6 +97,16 @@ def row_name(run: dict) -> str:
     return name if run.get("protocol", "honest") == "honest" else f"{name} [protocol={run['protocol']}]"
 
 
+def budget(run: dict) -> str:
+    """What a run trained on: epochs x training images per epoch (all of them when none is recorded)."""
+    images = run.get("train_images_per_epoch") or run.get("n_train")
+    return f"{run.get('epochs', '?')} ep x {images:,} img" if images else f"{run.get('epochs', '?')} ep"
+
+
+def budgets(runs: list[dict]) -> str:
+    return ", ".join(sorted({budget(run) for run in runs}))
+
+
 def finite(values: list[float]) -> list[float]:
     return [v for v in values if v is not None and not math.isnan(v)]
 
@@ -118,17 +131,19 @@ def ordered_rows(names) -> list[str]:
 
 def cifar_table(finished, failed, metric: str) -> tuple[list[str], list[list[str]], dict]:
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    row_runs: dict[str, list[dict]] = defaultdict(list)
     for run in finished:
         if run["data"] == "cifar10":
             values[row_name(run)][run["anomaly_class"]].append(run[metric])
+            row_runs[row_name(run)].append(run)
     failures = defaultdict(set)
     for run in failed:
         if run["data"] == "cifar10":
             failures[row_name(run)].add(run["anomaly_class"])
-    header = ["model"] + [SHORT_NAMES.get(c, c) for c in CIFAR10_CLASSES] + ["avg", "paper - honest"]
+    header = ["model", "budget"] + [SHORT_NAMES.get(c, c) for c in CIFAR10_CLASSES] + ["avg", "paper - honest"]
     rows, means, averages = [], {}, {}
     for name in ordered_rows(set(values) | set(failures)):
-        cells, class_means = [name], []
+        cells, class_means = [name, budgets(row_runs[name]) or "—"], []
         for c in CIFAR10_CLASSES:
             runs = values[name].get(c, [])
             cells.append(summarise(runs) if runs else ("failed" if c in failures[name] else "—"))
@@ -147,20 +162,23 @@ def cifar_table(finished, failed, metric: str) -> tuple[list[str], list[list[str
 
 def folder_table(finished, failed) -> tuple[list[str], list[list[str]]]:
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    row_runs: dict[tuple, list[dict]] = defaultdict(list)
     for run in finished:
         if run["data"] != "cifar10":
             key = (Path(run.get("data_root") or run["data"]).name, row_name(run))
+            row_runs[key].append(run)
             for metric in FOLDER_METRICS:
                 values[key][metric].append(run[metric])
     for run in failed:
         if run["data"] != "cifar10":
             values.setdefault((Path(run.get("data_root") or run["data"]).name, row_name(run)), defaultdict(list))
-    header = ["data set", "model", "AUROC", "AUPRC", "F1", "recall", "precision", "AUROC paper - honest"]  # FOLDER_METRICS
+    header = ["data set", "model", "budget", "AUROC", "AUPRC", "F1", "recall", "precision", "AUROC paper - honest"]  # FOLDER_METRICS
     rows = []
     for data_set, name in sorted(values, key=lambda key: (key[0], model_rank(key[1]))):
         cells = values[(data_set, name)]
         aurocs = {row: mean_of(values[(data_set, row)]["auroc"]) for row in (name, name.split(" [")[0]) if (data_set, row) in values}
-        rows.append([data_set, name, *(summarise(cells[m]) if cells[m] else "failed" for m in FOLDER_METRICS),
+        rows.append([data_set, name, budgets(row_runs[(data_set, name)]) or "—",
+                     *(summarise(cells[m]) if cells[m] else "failed" for m in FOLDER_METRICS),
                      paper_gap(aurocs, name)])
     return header, rows
 
@@ -168,13 +186,16 @@ def folder_table(finished, failed) -> tuple[list[str], list[list[str]]]:
 def pixel_table(finished) -> tuple[list[str], list[list[str]]]:
     """Localisation, for runs whose test set has ground-truth masks: rows as Table 3's."""
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    row_runs: dict[tuple, list[dict]] = defaultdict(list)
     for run in finished:
         if run.get("pixel_auroc") is not None:
             key = (Path(run.get("data_root") or run["data"]).name, row_name(run))
+            row_runs[key].append(run)
             for metric in PIXEL_METRICS:
                 values[key][metric].append(run.get(metric))
-    header = ["data set", "model", *PIXEL_METRICS.values()]
-    rows = [[data_set, name, *(summarise(values[(data_set, name)][m]) for m in PIXEL_METRICS)]
+    header = ["data set", "model", "budget", *PIXEL_METRICS.values()]
+    rows = [[data_set, name, budgets(row_runs[(data_set, name)]),
+             *(summarise(values[(data_set, name)][m]) for m in PIXEL_METRICS)]
             for data_set, name in sorted(values, key=lambda key: (key[0], model_rank(key[1])))]
     return header, rows
 
@@ -190,7 +211,8 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def paper_rows(metric: str) -> list[list[str]]:
-    return [[f"{name} (paper, its protocol)", *(f"{v:.3f}" for v in values), ""] for name, values in PAPER[metric].items()]
+    return [[f"{name} (paper, its protocol)", PAPER_BUDGET, *(f"{v:.3f}" for v in values), ""]
+            for name, values in PAPER[metric].items()]
 
 
 def bar_chart(means: dict[str, dict[str, float]], metric: str, path: Path) -> Path | None:
@@ -240,7 +262,7 @@ def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
     if rows:
         write_csv(out / "table3_folder.csv", header, rows)
         tables["table3_folder"] = (header, rows)
-        reference = [["(paper's fasteners)", f"{name} (paper, its protocol)", *(f"{v:.3f}" for v in values), ""]
+        reference = [["(paper's fasteners)", f"{name} (paper, its protocol)", PAPER_BUDGET, *(f"{v:.3f}" for v in values), ""]
                      for name, values in PAPER["folder"].items()]
         sections.append("### Table 3: image-folder data sets\n\n" + markdown(header, rows + reference))
     header, rows = pixel_table(finished)

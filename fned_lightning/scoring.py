@@ -105,6 +105,20 @@ def evaluate(
     return metrics
 
 
+def shift_check(normal_scores: torch.Tensor, calibrated_threshold: float, validation_max: float,
+                false_positive_rate: float) -> dict[str, float | bool]:
+    """Do normal test images score like the normal validation images? The share above the calibrated
+    threshold should be about `false_positive_rate`; `shifted` when it is well beyond that (over twice
+    the rate, and over three binomial standard deviations above it), as when lighting, the camera or
+    the part changed between the training and the test images."""
+    n = len(normal_scores)
+    over = (normal_scores > calibrated_threshold).float().mean().item() if n else math.nan
+    above_range = (normal_scores > validation_max).float().mean().item() if n else math.nan
+    limit = max(2 * false_positive_rate, false_positive_rate + 3 * math.sqrt(false_positive_rate * (1 - false_positive_rate) / max(n, 1)))
+    return {"normal_test_over_threshold": over, "normal_test_over_threshold_expected": false_positive_rate,
+            "normal_test_above_val_max": above_range, "normal_test_shifted": bool(n and over > limit)}
+
+
 def anomaly_map(x: torch.Tensor, x_fake: torch.Tensor, sigma: float) -> torch.Tensor:
     """N x H x W: the residual |x - x_fake| averaged over channels, smoothed with a Gaussian of
     `sigma` pixels (truncated at 4 sigma, reflected at the borders; 0: the raw residual)."""

@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import math
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -22,13 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from fned_lightning.callbacks import PaperProtocol
 from fned_lightning.data import to_model_range
-from fned_lightning.errors import InputError, input_error_in
+from fned_lightning.errors import InputError, check_options, input_error_in
 from fned_lightning.figures import anomaly_map_grid, reconstruction_grid, roc_and_pr_curves, score_histogram
 from fned_lightning.models.detector import PROTOCOLS
 from fned_lightning.scoring import min_max_normalise
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning on newer torch: noise
+warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")  # we log per epoch; short epochs are fine
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage())  # an advertisement on every run
 
 
 def train(cfg: DictConfig) -> dict:
@@ -39,6 +43,8 @@ def train(cfg: DictConfig) -> dict:
         log.info("this run has finished already; its results are in %s", output_dir)
         return json.loads((output_dir / "metrics.json").read_text())
     ckpt_path = resume_from(cfg)
+    for group in ("data", "model", "trainer"):
+        check_options(cfg[group], group)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # read the data first: bad paths and images fail before any model is built
@@ -62,8 +68,8 @@ def train(cfg: DictConfig) -> dict:
             write_results(output_dir, cfg, metrics, model, datamodule)
             figures = write_figures(output_dir, metrics, model, datamodule)
             for logger in loggers:
-                if hasattr(logger, "log_image"):
-                    logger.log_image("figures", images=[str(p) for p in figures], caption=[p.stem for p in figures])
+                for figure in figures if hasattr(logger, "log_image") else ():  # one key each: they differ in size
+                    logger.log_image(f"figures/{figure.stem}", images=[str(figure)])
         return metrics
     finally:
         if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
@@ -96,6 +102,7 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule) -> dict:
         "anomaly_class": getattr(datamodule, "anomaly_class", None),
         "seed": cfg.seed,
         "epochs": trainer.current_epoch,
+        "train_images_per_epoch": int(trainer.num_training_batches) * datamodule.batch_size * trainer.world_size,
         "image_size": datamodule.image_size,
         **datamodule.split_sizes(),
     }
@@ -153,27 +160,47 @@ def write_figures(output_dir: Path, metrics: dict, model, datamodule, per_class:
         x = to_model_range(test.images[chosen].to(model.device))
         detection = model(x)
     x, x_fake, maps = x.cpu(), detection.x_fake.cpu(), detection.maps.cpu()
-    groups = [(x[i : i + count], x_fake[i : i + count]) for i in range(0, len(chosen), count)]
-    paths.append(reconstruction_grid(groups, folder / "reconstructions.png"))
+    names = [name for name, pick in zip(("normal", "defect"), picks) if len(pick)]
+    groups = {name: (x[i * count : (i + 1) * count], x_fake[i * count : (i + 1) * count]) for i, name in enumerate(names)}
+    paths.append(reconstruction_grid(groups, folder / "reconstructions.png", title))
     masks = test.masks[chosen].cpu() if test.masks is not None else None
     paths.append(anomaly_map_grid(x, masks, maps, test.labels[chosen].cpu(), model.pixel_threshold.item(),
                                   folder / "anomaly_maps.png", title))
     return [p for p in paths if p is not None]
 
 
+HYDRA_OWN = {".hydra", "train.log"}  # what Hydra writes into a run folder before the run starts
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    output_dir = Path(cfg.output_dir)
+    made_for_this_run = {p.name for p in output_dir.iterdir()} <= HYDRA_OWN
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         train(cfg)
     except Exception as error:
-        Path(cfg.output_dir, "failed.txt").write_text(f"{type(error).__name__}: {error}\n")  # for the report
         user_error = input_error_in(error)
+        if user_error is None or multirun:
+            (output_dir / "failed.txt").write_text(f"{type(error).__name__}: {error}\n")  # for the report
         if user_error is None:
             raise
         log.error("%s", user_error)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             raise user_error from None  # marks this job failed; the sweep's other jobs still run
+        if made_for_this_run:  # a mistyped command: leave no run folder for the report to count
+            remove_run_folder(output_dir)
         sys.exit(2)
+
+
+def remove_run_folder(output_dir: Path) -> None:
+    """The folder Hydra made for a run that never started, and its parents that are left empty."""
+    logging.shutdown()  # close train.log before its folder goes
+    shutil.rmtree(output_dir, ignore_errors=True)
+    for parent in output_dir.resolve().parents:
+        if parent == Path.cwd() or not parent.is_dir() or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 if __name__ == "__main__":

@@ -193,3 +193,28 @@ def test_folders_without_ground_truth_have_no_masks(parts_folder):
     module = ImageFolderAnomaly(root=str(parts_folder), image_size=16, channels=1)
     module.setup("fit")
     assert module.test_set.masks is None
+
+
+def test_bmp_and_16_bit_tiff_parts_are_read_like_png(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fned_lightning.data import read_image
+
+    grey = (np.arange(24 * 32).reshape(24, 32) % 256).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "part.bmp")
+    Image.fromarray(grey).convert("RGB").save(tmp_path / "colour.bmp")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "sixteen_bit.tif")  # 16-bit, as cameras write
+    assert Image.open(tmp_path / "sixteen_bit.tif").mode == "I;16"
+    for name in ("part.bmp", "colour.bmp", "sixteen_bit.tif"):
+        for channels in (1, 3):
+            image = read_image(tmp_path / name, channels)
+            assert image.dtype == torch.uint8 and image.shape == (channels, 24, 32), name
+            assert torch.equal(image[0], torch.from_numpy(grey)), name  # scaled to 8 bits, not clipped
+
+
+def test_a_folder_of_unreadable_types_names_what_it_found_and_what_it_reads(tmp_path):
+    (tmp_path / "train/good").mkdir(parents=True)
+    (tmp_path / "train/good/0001.raw").write_bytes(b"\0" * 16)
+    with pytest.raises(InputError, match=r"found only \.raw files; readable: \.png, \.jpg, \.bmp, \.tif"):
+        ImageFolderAnomaly(root=str(tmp_path), image_size=32).setup("fit")

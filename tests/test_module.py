@@ -118,6 +118,18 @@ def test_test_metrics_hold_both_image_scores_and_the_pixel_metrics():
     assert metrics["n_pixel_scored_images"] == 16 and model.pixel_threshold.isfinite()
 
 
+def test_a_test_set_whose_normal_images_differ_from_training_is_flagged(caplog):
+    L.seed_everything(0)
+    model = tiny_model()
+    trainer = fit(model, max_epochs=1, limit_train_batches=2)
+    test = trainer.datamodule.test_set
+    test.images = 255 - test.images  # every test image inverted: the normal ones no longer look like training
+    trainer.test(model, datamodule=trainer.datamodule, verbose=False)
+    metrics = model.test_results["metrics"]
+    assert metrics["normal_test_shifted"] and metrics["normal_test_over_threshold"] > 0.5
+    assert "normal test images score above the calibrated threshold" in caplog.text and "data.intensity=per_image" in caplog.text
+
+
 def fit_config_model(name: str, **trainer_args):
     from hydra.utils import instantiate
 

@@ -196,3 +196,35 @@ def test_overlays_and_masks_are_at_each_inputs_own_resolution(checkpoint, parts,
     # the mask is the map above the checkpoint's pixel threshold: an image whose map is above it somewhere has white pixels
     summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert summary["pixel_threshold"] == pytest.approx(model.pixel_threshold.item()) and rows
+
+
+def test_predict_and_export_write_no_log_file_and_their_help_lists_only_their_options(checkpoint, parts, tmp_path):
+    done = run_cli(f"ckpt_path={checkpoint}", f"input={parts}", f"output={tmp_path / 'out'}", "overlays=false",
+                   tmp_path=tmp_path, module="fned_lightning.predict")
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_cli(f"ckpt_path={checkpoint}", f"output={tmp_path / 'model.onnx'}", tmp_path=tmp_path,
+                   module="fned_lightning.export")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not list(tmp_path.rglob("*.log"))
+    assert json.loads((tmp_path / "model.json").read_text())["thresholds"]["paper"] == 0.2  # not 0.19999999999999987
+    for module, option in (("fned_lightning.predict", "overlays: true"), ("fned_lightning.export", "opset: 17")):
+        shown = run_cli("--help", tmp_path=tmp_path, module=module).stdout
+        assert option in shown and "Config groups" not in shown and "model/" not in shown, shown
+
+
+def test_predict_warns_when_a_folder_scores_outside_the_validation_range(checkpoint, tmp_path, caplog):
+    images, _ = draw_parts(4, 16, 1, torch.Generator().manual_seed(5))
+    (tmp_path / "inverted").mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(255 - image[0].numpy()).save(tmp_path / "inverted" / f"{i}.png")  # another kind of part
+    summary = predict(predict_config(checkpoint, tmp_path / "inverted", tmp_path / "out", "overlays=false"))
+    assert summary["share_above_validation_range"] > 0.5
+    assert "score above every normal validation image" in caplog.text
+
+
+def test_predict_on_a_folder_of_unreadable_types_names_them(checkpoint, tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "0001.raw").write_bytes(b"\0" * 16)
+    (tmp_path / "raw" / "0002.dng").write_bytes(b"\0" * 16)
+    with pytest.raises(InputError, match=r"found only \.dng, \.raw files; readable: \.png, \.jpg, \.bmp"):
+        predict(predict_config(checkpoint, tmp_path / "raw", tmp_path / "out"))

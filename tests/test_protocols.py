@@ -132,14 +132,23 @@ def test_paper_protocol_run_is_labelled_and_reports_the_best_logged_epoch_and_it
 
 
 class LearningRates(L.Callback):
-    """The learning rate of every optimiser at the first batch of each epoch, as the step uses it."""
+    """The learning rate of every optimiser at the first batch of each epoch, as the step uses it, and
+    the `train/lr` each epoch logged (read once the epoch's own hooks have all run)."""
 
     def __init__(self):
         self.per_epoch: list[list[float]] = []
+        self.logged: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == 0:
             self.per_epoch.append([opt.param_groups[0]["lr"] for opt in trainer.optimizers])
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch > 0:
+            self.logged.append(trainer.callback_metrics["train/lr"].item())
+
+    def on_train_end(self, trainer, pl_module):
+        self.logged.append(trainer.callback_metrics["train/lr"].item())
 
 
 @pytest.mark.parametrize(
@@ -161,6 +170,7 @@ def test_learning_rate_used_in_each_epoch(name, expected):
     assert len(rates.per_epoch) == 4
     for used, wanted in zip(rates.per_epoch, expected):
         assert used == pytest.approx(wanted, rel=1e-9)
+    assert rates.logged == pytest.approx([used[0] for used in rates.per_epoch], rel=1e-6)  # logged: the rate used
     if name == "fanogan":
         assert [type(opt).__name__ for opt in model.trainer.optimizers] == ["Adam", "Adam", "RMSprop"]
         assert math.isclose(model.trainer.optimizers[2].param_groups[0]["alpha"], 0.9)

@@ -24,8 +24,8 @@ def scores(auroc, auprc=0.5, f1=0.6, recall=0.7, precision=0.8):
 
 def test_tables_average_seeds_and_show_missing_and_failed_runs(tmp_path, capsys):
     runs = tmp_path / "multirun"
-    fake_run(runs, "0", scores(0.8, auprc=0.6))
-    fake_run(runs, "1", scores(0.9, auprc=0.7))  # a second seed of the same cell
+    fake_run(runs, "0", scores(0.8, auprc=0.6) | {"epochs": 2, "train_images_per_epoch": 1280, "n_train": 42750})
+    fake_run(runs, "1", scores(0.9, auprc=0.7) | {"epochs": 2, "n_train": 42750})  # a second seed; budget: all images
     fake_run(runs, "2", scores(0.5), anomaly_class="airplane", model="ganomaly")
     fake_run(runs, "3", None, anomaly_class="cat", model="ganomaly")  # started, never finished
     fake_run(runs, "4", scores(0.95), protocol="paper")
@@ -38,6 +38,7 @@ def test_tables_average_seeds_and_show_missing_and_failed_runs(tmp_path, capsys)
     assert rows["FNED"]["horse"] == "0.850 ± 0.071 (n=2)"
     assert rows["FNED"]["plane"] == "—"
     assert rows["FNED"]["avg"] == "0.850 (1/10 classes)"
+    assert rows["FNED"]["budget"] == "2 ep x 1,280 img, 2 ep x 42,750 img"  # every row says what it trained on
     assert rows["GANomaly"]["plane"] == "0.500" and rows["GANomaly"]["cat"] == "failed"
     assert rows["FNED [protocol=paper]"]["horse"] == "0.950"
     with open(out / "table3_folder.csv") as file:

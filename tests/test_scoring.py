@@ -14,6 +14,7 @@ from fned_lightning.scoring import (
     min_max_normalise,
     pixel_metrics,
     ranking_metrics,
+    shift_check,
     upper_quantile,
 )
 
@@ -137,3 +138,14 @@ def test_anomaly_map_is_the_channel_mean_residual_smoothed():
 def test_upper_quantile_is_exceeded_by_the_given_share():
     values = torch.arange(1000.0).view(10, 10, 10)
     assert (values > upper_quantile(values, 0.05)).float().mean() == pytest.approx(0.05)
+
+
+def test_shift_check_flags_normal_test_images_that_exceed_the_threshold_far_too_often():
+    matched = torch.tensor([1.0] * 95 + [3.0] * 5)  # 5% above the threshold 2.0: as promised
+    check = shift_check(matched, calibrated_threshold=2.0, validation_max=2.5, false_positive_rate=0.05)
+    assert check["normal_test_over_threshold"] == pytest.approx(0.05) and not check["normal_test_shifted"]
+    shifted = torch.tensor([1.0] * 60 + [3.0] * 40)  # 40%, and all of them above every validation score
+    check = shift_check(shifted, calibrated_threshold=2.0, validation_max=2.5, false_positive_rate=0.05)
+    assert check["normal_test_shifted"] and check["normal_test_above_val_max"] == pytest.approx(0.4)
+    few = torch.tensor([1.0] * 8 + [3.0] * 2)  # 2 of 10: within what chance gives so few images
+    assert not shift_check(few, 2.0, 2.5, 0.05)["normal_test_shifted"]

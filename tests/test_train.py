@@ -35,6 +35,7 @@ def test_synthetic_run_writes_metrics_scores_config_and_checkpoint(tmp_path):
     assert (run / "config.yaml").exists() and (run / "csv" / "metrics.csv").exists()
     for figure in ("score_histogram", "roc_pr", "reconstructions", "anomaly_maps"):
         assert (run / "figures" / f"{figure}.png").stat().st_size > 1000
+    assert (run / "checkpoints" / "last.ckpt").resolve().name == "epoch=1.ckpt"  # named by epoch, not by optimiser steps
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # plain data, no pickled classes
     assert checkpoint["state_dict"]["score_min"].item() == pytest.approx(metrics["score_min"])
     assert checkpoint["hyper_parameters"]["generator"]["width"] == 4  # rebuildable from the checkpoint alone
@@ -68,6 +69,10 @@ def test_folder_of_grey_parts(tmp_path, parts_folder):
         (["anomaly_class=horse", "data.root=/nonexistent/cifar", "data.download=false"], "no CIFAR-10 at data.root=/nonexistent/cifar"),
         (["data=folder", "data.root=/nonexistent/parts"], "/nonexistent/parts/train/good"),
         (["data=synthetic", "data.image_size=40"], "data.image_size=40 is not a multiple of 16"),
+        (["data=folder"], "data.root has no value and needs one: add data.root=... to the command"),
+        (["data=synthetic", "+trainer.max_epoch=1"], "trainer.max_epoch is not an option of Trainer; did you mean trainer.max_epochs"),
+        (["data=synthetic", "+model.score_weigth=0.5"], "model.score_weigth is not an option of AnomalyGAN; did you mean model.score_weight"),
+        (["data=synthetic", "+data.n_trian=8"], "data.n_trian is not an option of SyntheticParts; did you mean data.n_train"),
     ],
 )
 def test_user_mistakes_get_one_clear_message_and_no_traceback(tmp_path, overrides, message):
@@ -76,6 +81,16 @@ def test_user_mistakes_get_one_clear_message_and_no_traceback(tmp_path, override
     assert done.returncode == 2, output[-3000:]
     assert message in output
     assert "Traceback" not in output
+    assert not (tmp_path / "run").exists()  # nothing ran: no run folder for `report` to count as a failed experiment
+
+
+def test_a_mistake_while_resuming_keeps_the_run_folder_and_its_checkpoint(tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"a checkpoint")
+    done = run_cli(*TINY, "anomaly_class=horses", tmp_path=tmp_path)
+    assert done.returncode == 2 and "unknown anomaly_class 'horses'" in done.stdout + done.stderr
+    assert checkpoint.read_bytes() == b"a checkpoint"
 
 
 @pytest.mark.parametrize("model", ["fned", "fanogan"])

@@ -1,6 +1,7 @@
 """What every model shares: anomaly maps, validation fits the score normalisation and thresholds,
 test computes the image and pixel metrics."""
 
+import logging
 from typing import NamedTuple
 
 import lightning as L
@@ -8,7 +9,17 @@ import torch
 
 from fned_lightning.data import INTENSITIES, epoch_seed, image_moments, match_intensity
 from fned_lightning.errors import InputError
-from fned_lightning.scoring import anomaly_map, evaluate, min_max_normalise, pixel_metrics, ranking_metrics, upper_quantile
+from fned_lightning.scoring import (
+    anomaly_map,
+    evaluate,
+    min_max_normalise,
+    pixel_metrics,
+    ranking_metrics,
+    shift_check,
+    upper_quantile,
+)
+
+log = logging.getLogger(__name__)
 
 PROTOCOLS = ("honest", "paper", "both")  # both: the honest evaluation and the paper's, from one training run
 IMAGE_SCORES = ("paper", "map_max")  # the paper's score (each model's own), or the anomaly map's maximum
@@ -68,6 +79,11 @@ class AnomalyDetector(L.LightningModule):
         self._test_batches: list[tuple[torch.Tensor, ...]] = []
         self.test_results: dict | None = None
 
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:  # an example input: the model summary counts FLOPs with it
+            self.example_input_array = torch.zeros(1, datamodule.channels, datamodule.image_size, datamodule.image_size)
+
     def on_fit_start(self) -> None:
         self.run_seed = torch.initial_seed()  # the run's seed: train.py seeds before it builds anything
         if self.intensity == "per_image" and torch.isnan(self.intensity_std):  # not when resuming: kept in the checkpoint
@@ -108,9 +124,9 @@ class AnomalyDetector(L.LightningModule):
         return min_max_normalise(scores, self.score_min.item(), self.score_max.item())
 
     def on_train_epoch_end(self) -> None:
+        self.log("train/lr", self.optimizers()[0].param_groups[0]["lr"])  # the rate this epoch used, before the step
         for scheduler in self.lr_schedulers() or []:
             scheduler.step()  # per epoch, by hand: manual optimization leaves schedulers to us
-        self.log("train/lr", self.optimizers()[0].param_groups[0]["lr"])
 
     def validation_step(self, batch, batch_idx: int) -> None:
         detection = self(batch[0])
@@ -143,6 +159,20 @@ class AnomalyDetector(L.LightningModule):
         if self.protocol == "paper":
             self.train()  # the anchors' evaluation: BatchNorm on batch statistics
 
+    def check_shift(self, normal_scores: torch.Tensor) -> dict:
+        """Warn when the normal test images score far above the normal validation images (see scoring.shift_check)."""
+        check = shift_check(normal_scores.float().cpu(), self.score_threshold.item(), self.score_max.item(),
+                            self.false_positive_rate)
+        if check["normal_test_shifted"]:
+            log.warning(
+                "%.0f%% of the %d normal test images score above the calibrated threshold, which %.0f%% of the normal "
+                "validation images exceed (%.0f%% score above every validation image): the normal test images differ "
+                "from the training images (lighting, camera, a different part?), and decisions on them cannot be "
+                "trusted. Try data.intensity=per_image, or train on normal images taken under the test conditions "
+                "(README: Inspect your own parts).", 100 * check["normal_test_over_threshold"], len(normal_scores),
+                100 * self.false_positive_rate, 100 * check["normal_test_above_val_max"])
+        return check
+
     def test_masks(self) -> torch.Tensor | None:
         """The test set's ground-truth masks (see data.InMemoryImages), where its data has them."""
         test_set = getattr(self.trainer.datamodule, "test_set", None)
@@ -170,6 +200,8 @@ class AnomalyDetector(L.LightningModule):
             fitted_range=(self.score_min.item(), self.score_max.item()) if fitted else None,
             calibrated_threshold=self.score_threshold.item() if fitted else None,
         )
+        if fitted:
+            metrics |= self.check_shift(scores[labels == 0])
         metrics["image_score"] = self.image_score
         for name, by_score in (("paper", paper_scores), ("map_max", map_scores)):  # the two image scores, same run
             metrics |= {f"{metric}_score_{name}": value for metric, value in ranking_metrics(by_score, labels).items()}
