@@ -24,6 +24,7 @@ from torch.utils.flop_counter import flop_registry
 
 from fned_lightning.callbacks import Speedups
 from fned_lightning.data import SyntheticParts
+from fned_lightning.loggers import hide_lightning_tips
 from fned_lightning.scoring import anomaly_map
 
 MODELS = ("fned", "ganomaly", "skip_ganomaly", "fanogan")
@@ -233,6 +234,7 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    hide_lightning_tips()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)

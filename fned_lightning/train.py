@@ -25,14 +25,14 @@ from fned_lightning.callbacks import PaperProtocol
 from fned_lightning.data import to_model_range
 from fned_lightning.errors import InputError, check_options, input_error_in
 from fned_lightning.figures import anomaly_map_grid, reconstruction_grid, roc_and_pr_curves, score_histogram
+from fned_lightning.loggers import hide_lightning_tips
 from fned_lightning.models.detector import PROTOCOLS
 from fned_lightning.scoring import min_max_normalise
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning on newer torch: noise
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")  # we log per epoch; short epochs are fine
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda record: "litlogger" not in record.getMessage())  # an advertisement on every run
+hide_lightning_tips()
 
 
 def train(cfg: DictConfig) -> dict:

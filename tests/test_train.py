@@ -22,6 +22,8 @@ def results(tmp_path):
 def test_synthetic_run_writes_metrics_scores_config_and_checkpoint(tmp_path):
     done = run_cli(*TINY, *SYNTHETIC, "trainer.max_epochs=2", tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "litlogger" not in output and "Total FLOPs: 0" not in output and "Total FLOPs" in output  # quiet, and counted
     run, metrics, rows = results(tmp_path)
     for key in ("auroc", "auprc", "f1", "precision", "recall", "f1_test_minmax", "precision_test_minmax",
                 "recall_test_minmax", "f1_val_minmax", "protocol", "model", "seed", "epochs", "n_train", "n_val", "n_test"):
