@@ -103,6 +103,8 @@ class PaperProtocol(L.Callback):
             loader = trainer.datamodule.test_dataloader()
             limit = trainer.limit_test_batches
             n_batches = limit if isinstance(limit, int) else math.ceil(limit * len(loader))
+            # no progress bar of its own (Lightning's is live): say what the pause is
+            log.info("the paper's protocol: scoring %d test batches after epoch %d", n_batches, trainer.current_epoch)
             scores, labels = [], []
             for images, batch_labels, _ in itertools.islice(loader, n_batches):
                 scores.append(pl_module(to_model_range(images.to(pl_module.device))).scores.cpu())

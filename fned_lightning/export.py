@@ -44,6 +44,10 @@ def write(wrapper: ScoreAndMap, example: torch.Tensor, output: Path, format: str
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter (dynamo=False), which tests/test_predict.py checks against onnxruntime
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        # the maps' reflect padding exports as reversed slices, which ONNX leaves unfolded: harmless
+        warnings.filterwarnings("ignore", message=".*Only steps=1 can be constant folded")
+        # the image size is read as a number (the maps' kernel radius): right, as an export has one size
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, message=".*Converting a tensor to a Python integer")
         if format == "onnx":
             torch.onnx.export(
                 wrapper, (example,), str(output), input_names=["images"], output_names=["score", "anomaly_map"],
