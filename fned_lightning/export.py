@@ -46,8 +46,10 @@ def write(wrapper: ScoreAndMap, example: torch.Tensor, output: Path, format: str
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         # the maps' reflect padding exports as reversed slices, which ONNX leaves unfolded: harmless
         warnings.filterwarnings("ignore", message=".*Only steps=1 can be constant folded")
-        # the image size is read as a number (the maps' kernel radius): right, as an export has one size
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, message=".*Converting a tensor to a Python integer")
+        # shapes read as numbers (the maps' kernel radius, GroupNorm's batch check): right, as an export has one
+        # image size, and the batch axis is declared dynamic above
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
+                                message=".*Converting a tensor to a Python (integer|boolean)")
         if format == "onnx":
             torch.onnx.export(
                 wrapper, (example,), str(output), input_names=["images"], output_names=["score", "anomaly_map"],
