@@ -65,7 +65,7 @@ def export(cfg: DictConfig) -> Path:
     if cfg.format not in FORMATS:
         raise InputError(f"unknown format={cfg.format}; choose one of: {', '.join(FORMATS)}")
     model, info = load_detector(cfg.ckpt_path)
-    low, span = model.score_min.item(), max(model.score_max.item() - model.score_min.item(), 1e-12)  # as ScoreAndHeatmap
+    low, span = model.score_min.item(), max(model.score_max.item() - model.score_min.item(), 1e-12)  # as ScoreAndMap
     decision_rule(model, "calibrated")  # refuses a checkpoint without a fitted normalisation
     # on the normalised score: the paper's is defined there (exactly 0.2, not 0.2 through a round trip)
     thresholds = {"calibrated": (model.score_threshold.item() - low) / span, "paper": model.threshold}
