@@ -184,17 +184,19 @@ def predict(cfg: DictConfig) -> dict:
         csv.writer(file).writerows([["path", "score", "normalised_score", "decision"], *rows])
     abnormal = sum(row[3] == "abnormal" for row in rows)
     scores_seen = torch.tensor([float(row[1]) for row in rows if row[1]])
-    above_range = (scores_seen > model.score_max.item()).float().mean().item() if len(scores_seen) else 0.0
-    if above_range > 0.5:  # most of the folder outside what normal parts scored: not the conditions it was trained for
-        log.warning("%.0f%% of these images score above every normal validation image: they differ from the training "
-                    "images as a whole (lighting, camera, a different part?), not only where a defect is. Decisions on "
-                    "them cannot be trusted; see README 'Inspect your own parts' (data.intensity=per_image, or train on "
-                    "normal images taken under these conditions).", 100 * above_range)
+    below = (scores_seen < model.score_min.item()).float().mean().item() if len(scores_seen) else 0.0
+    above = (scores_seen > model.score_max.item()).float().mean().item() if len(scores_seen) else 0.0
+    if below + above > 0.5:  # most of the folder outside what normal parts scored: not the conditions it was trained for
+        log.warning("%.0f%% of these images score below and %.0f%% above every normal validation image: they differ "
+                    "from the training images as a whole (lighting, camera, a different part?), not only where a defect "
+                    "is. Decisions on them cannot be trusted; see README 'Inspect your own parts' (data.intensity="
+                    "per_image, or train on normal images taken under these conditions).", 100 * below, 100 * above)
     summary = {
         "ckpt_path": str(cfg.ckpt_path), "model": info["model_target"].rsplit(".", 1)[-1], "image_size": size,
         "decision": cfg.decision, "rule": rule, "n_images": len(paths), "n_scored": scored, "n_abnormal": abnormal,
         "n_skipped": skipped, "device": str(device),
-        "pixel_threshold": pixel_threshold, "map_scale": map_scale, "share_above_validation_range": above_range,
+        "pixel_threshold": pixel_threshold, "map_scale": map_scale, "share_below_validation_range": below,
+        "share_above_validation_range": above,
         "images_per_s": scored / (time.perf_counter() - started),  # reading, scoring, overlays and masks
         "model_images_per_s": scored / seconds if seconds else math.nan,  # the networks alone
     }

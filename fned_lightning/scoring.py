@@ -105,18 +105,26 @@ def evaluate(
     return metrics
 
 
-def shift_check(normal_scores: torch.Tensor, calibrated_threshold: float, validation_max: float,
-                false_positive_rate: float) -> dict[str, float | bool]:
-    """Do normal test images score like the normal validation images? The share above the calibrated
-    threshold should be about `false_positive_rate`; `shifted` when it is well beyond that (over twice
-    the rate, and over three binomial standard deviations above it), as when lighting, the camera or
-    the part changed between the training and the test images."""
+def shift_check(normal_scores: torch.Tensor, calibrated_threshold: float, validation_range: tuple[float, float],
+                n_validation: int, false_positive_rate: float) -> dict[str, float | bool]:
+    """Do normal test images score like the normal validation images? About `false_positive_rate` of
+    them should exceed the calibrated threshold, and about 2 / (n_validation + 1) fall outside the
+    validation images' (min, max). `normal_test_shifted` when either share is well beyond that (over
+    twice it, and over three binomial standard deviations above it), as when lighting, the camera or
+    the part changed between the training and the test images: scores can move either way."""
     n = len(normal_scores)
-    over = (normal_scores > calibrated_threshold).float().mean().item() if n else math.nan
-    above_range = (normal_scores > validation_max).float().mean().item() if n else math.nan
-    limit = max(2 * false_positive_rate, false_positive_rate + 3 * math.sqrt(false_positive_rate * (1 - false_positive_rate) / max(n, 1)))
+
+    def beyond(share: float, expected: float) -> bool:
+        return share > max(2 * expected, expected + 3 * math.sqrt(expected * (1 - expected) / max(n, 1)))
+
+    def share(mask: torch.Tensor) -> float:
+        return mask.float().mean().item() if n else math.nan
+
+    over, below, above = (share(normal_scores > calibrated_threshold), share(normal_scores < validation_range[0]),
+                          share(normal_scores > validation_range[1]))
+    shifted = bool(n) and (beyond(over, false_positive_rate) or beyond(below + above, min(2 / (n_validation + 1), 0.5)))
     return {"normal_test_over_threshold": over, "normal_test_over_threshold_expected": false_positive_rate,
-            "normal_test_above_val_max": above_range, "normal_test_shifted": bool(n and over > limit)}
+            "normal_test_below_val_min": below, "normal_test_above_val_max": above, "normal_test_shifted": shifted}
 
 
 def anomaly_map(x: torch.Tensor, x_fake: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -219,7 +219,7 @@ def test_predict_warns_when_a_folder_scores_outside_the_validation_range(checkpo
         Image.fromarray(255 - image[0].numpy()).save(tmp_path / "inverted" / f"{i}.png")  # another kind of part
     summary = predict(predict_config(checkpoint, tmp_path / "inverted", tmp_path / "out", "overlays=false"))
     assert summary["share_above_validation_range"] > 0.5
-    assert "score above every normal validation image" in caplog.text
+    assert "above every normal validation image" in caplog.text
 
 
 def test_predict_on_a_folder_of_unreadable_types_names_them(checkpoint, tmp_path):

@@ -140,12 +140,17 @@ def test_upper_quantile_is_exceeded_by_the_given_share():
     assert (values > upper_quantile(values, 0.05)).float().mean() == pytest.approx(0.05)
 
 
-def test_shift_check_flags_normal_test_images_that_exceed_the_threshold_far_too_often():
-    matched = torch.tensor([1.0] * 95 + [3.0] * 5)  # 5% above the threshold 2.0: as promised
-    check = shift_check(matched, calibrated_threshold=2.0, validation_max=2.5, false_positive_rate=0.05)
-    assert check["normal_test_over_threshold"] == pytest.approx(0.05) and not check["normal_test_shifted"]
-    shifted = torch.tensor([1.0] * 60 + [3.0] * 40)  # 40%, and all of them above every validation score
-    check = shift_check(shifted, calibrated_threshold=2.0, validation_max=2.5, false_positive_rate=0.05)
-    assert check["normal_test_shifted"] and check["normal_test_above_val_max"] == pytest.approx(0.4)
-    few = torch.tensor([1.0] * 8 + [3.0] * 2)  # 2 of 10: within what chance gives so few images
-    assert not shift_check(few, 2.0, 2.5, 0.05)["normal_test_shifted"]
+def test_shift_check_flags_normal_test_images_that_score_unlike_validation_either_way():
+    def check(scores):
+        return shift_check(torch.tensor(scores), calibrated_threshold=2.0, validation_range=(0.5, 2.5), n_validation=99,
+                           false_positive_rate=0.05)
+
+    matched = check([1.0] * 94 + [3.0] * 5 + [0.4])  # 5% above the threshold, as promised; 6% outside the range
+    assert matched["normal_test_over_threshold"] == pytest.approx(0.05) and not matched["normal_test_shifted"]
+    above = check([1.0] * 60 + [3.0] * 40)  # 40% above the threshold, all of them above every validation score
+    assert above["normal_test_shifted"] and above["normal_test_above_val_max"] == pytest.approx(0.4)
+    below = check([1.0] * 60 + [0.4] * 40)  # darker parts: 40% below every validation score, none over the threshold
+    assert below["normal_test_shifted"] and below["normal_test_below_val_min"] == pytest.approx(0.4)
+    assert below["normal_test_over_threshold"] == 0
+    few = shift_check(torch.tensor([1.0] * 8 + [3.0] * 2), 2.0, (0.5, 3.5), 99, 0.05)  # 2 of 10: chance, so few
+    assert not few["normal_test_shifted"]

@@ -160,17 +160,20 @@ class AnomalyDetector(L.LightningModule):
             self.train()  # the anchors' evaluation: BatchNorm on batch statistics
 
     def check_shift(self, normal_scores: torch.Tensor) -> dict:
-        """Warn when the normal test images score far above the normal validation images (see scoring.shift_check)."""
-        check = shift_check(normal_scores.float().cpu(), self.score_threshold.item(), self.score_max.item(),
+        """Warn when the normal test images score unlike the normal validation images (scoring.shift_check)."""
+        val_set = getattr(self.trainer.datamodule, "val_set", None)
+        check = shift_check(normal_scores.float().cpu(), self.score_threshold.item(),
+                            (self.score_min.item(), self.score_max.item()), len(val_set) if val_set else 0,
                             self.false_positive_rate)
         if check["normal_test_shifted"]:
             log.warning(
-                "%.0f%% of the %d normal test images score above the calibrated threshold, which %.0f%% of the normal "
-                "validation images exceed (%.0f%% score above every validation image): the normal test images differ "
-                "from the training images (lighting, camera, a different part?), and decisions on them cannot be "
-                "trusted. Try data.intensity=per_image, or train on normal images taken under the test conditions "
-                "(README: Inspect your own parts).", 100 * check["normal_test_over_threshold"], len(normal_scores),
-                100 * self.false_positive_rate, 100 * check["normal_test_above_val_max"])
+                "the normal test images score unlike the normal validation images: %.0f%% of these %d exceed the "
+                "calibrated threshold (which %.0f%% of validation images exceed), %.0f%% score below and %.0f%% above "
+                "every validation image. They differ from the training images (lighting, camera, a different part?), "
+                "and decisions on them cannot be trusted, whatever the AUROC. Try data.intensity=per_image, or train "
+                "on normal images taken under the test conditions (README: Inspect your own parts).",
+                100 * check["normal_test_over_threshold"], len(normal_scores), 100 * self.false_positive_rate,
+                100 * check["normal_test_below_val_min"], 100 * check["normal_test_above_val_max"])
         return check
 
     def test_masks(self) -> torch.Tensor | None:
