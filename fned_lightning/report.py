@@ -4,10 +4,11 @@ Reads every `metrics.json` below the given folders (a multirun, several, or sing
 Table 1 (AUROC) and Table 2 (AUPRC) for CIFAR-10, rows = models, columns = the ten classes and
 their average, mean ± standard deviation over seeds; Table 3 for image-folder data sets (AUROC,
 AUPRC, F1, recall, precision), and beside it, for runs whose data has ground-truth masks, the
-localisation table (image AUROC by each image score, pixel AUROC, AUPRO, pixel F1). A
-protocol=both run gives two rows, its honest and its paper evaluation, and a column shows the
-paper's gain. Runs that started but wrote no metrics.json count
-as failed and show so, never as zeros. Writes tables.md, table*.csv and auroc_bars.png / auprc_bars.png.
+localisation table (image AUROC by each image score, pixel AUROC, AUPRO, pixel F1). Every row
+says its budget (epochs x training images per epoch). A protocol=both run gives two rows, its
+honest and its paper evaluation, and a column shows the paper's gain. Runs that started but wrote
+no metrics.json count as failed and show so, never as zeros. Writes tables.md, table*.csv and
+auroc_bars.png / auprc_bars.png.
 """
 
 import argparse
