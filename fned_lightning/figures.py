@@ -81,7 +81,7 @@ def anomaly_map_grid(images: torch.Tensor, masks: torch.Tensor | None, maps: tor
     for j in range(columns):
         shown = [images[j].float().mean(0) * 0.5 + 0.5]
         if masks is not None:
-            shown.append(masks[j].float().clamp(min=-0.5) + 0.5 * (masks[j] < 0))  # unknown (-1) drawn mid-grey
+            shown.append(torch.where(masks[j] < 0, 0.5, masks[j].float()))  # unknown (MASK_UNKNOWN) drawn mid-grey
         for i, picture in enumerate(shown):
             axes[i, j].imshow(picture.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         heat = axes[-1, j].imshow(maps[j].numpy(), cmap="jet", vmin=low, vmax=max(high, low + 1e-12),

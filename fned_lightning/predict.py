@@ -145,7 +145,7 @@ def predict(cfg: DictConfig) -> dict:
     pixel_threshold = model.pixel_threshold.item()
     map_scale = cfg.map_scale or 2 * pixel_threshold  # the threshold mid-scale, unless given
 
-    rows, skipped, scored, seconds, started = [], 0, 0, 0.0, time.perf_counter()
+    rows, all_scores, skipped, scored, seconds, started = [], [], 0, 0, 0.0, time.perf_counter()
     batches = [paths[i : i + cfg.batch_size] for i in range(0, len(paths), cfg.batch_size)]
     for batch in track(batches, description=f"scoring {len(paths)} images"):
         images, originals, readable = [], [], []
@@ -167,6 +167,7 @@ def predict(cfg: DictConfig) -> dict:
         with torch.inference_mode():
             detection = model(x)
         scores, maps = detection.scores.float().cpu(), detection.maps.float().cpu()
+        all_scores.append(scores)
         seconds += time.perf_counter() - start
         scored += len(images)
         normalised = model.normalise(scores).cpu()
@@ -183,7 +184,7 @@ def predict(cfg: DictConfig) -> dict:
     with open(output / "predictions.csv", "w", newline="") as file:
         csv.writer(file).writerows([["path", "score", "normalised_score", "decision"], *rows])
     abnormal = sum(row[3] == "abnormal" for row in rows)
-    scores_seen = torch.tensor([float(row[1]) for row in rows if row[1]])
+    scores_seen = torch.cat(all_scores) if all_scores else torch.empty(0)
     below = (scores_seen < model.score_min.item()).float().mean().item() if len(scores_seen) else 0.0
     above = (scores_seen > model.score_max.item()).float().mean().item() if len(scores_seen) else 0.0
     if below + above > 0.5:  # most of the folder outside what normal parts scored: not the conditions it was trained for
