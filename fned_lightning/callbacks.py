@@ -10,7 +10,7 @@ import torch
 
 from fned_lightning.data import to_model_range
 from fned_lightning.networks.layers import to_channels_last
-from fned_lightning.scoring import ranking_metrics
+from fned_lightning.scoring import defect_residual_ratio, ranking_metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,10 @@ class PaperProtocol(L.Callback):
         self.best_auroc, self.best_epoch, self.best_state = -math.inf, None, None
 
     def on_train_epoch_end(self, trainer, pl_module):
-        auroc = self.test_auroc(trainer, pl_module)
+        auroc, ratio = self.test_auroc(trainer, pl_module)
         pl_module.log("paper/test_auroc", auroc)
+        if not math.isnan(ratio):  # where the test set has masks: the shortcut diagnostic, epoch by epoch
+            pl_module.log("paper/test_defect_residual_ratio", ratio)
         if auroc > self.best_auroc:
             self.best_auroc, self.best_epoch = auroc, trainer.current_epoch
             self.best_state = state_copy(pl_module, "cpu")
@@ -95,7 +97,8 @@ class PaperProtocol(L.Callback):
         return {f"paper_{name}": value for name, value in metrics.items()}
 
     @torch.inference_mode()
-    def test_auroc(self, trainer, pl_module) -> float:
+    def test_auroc(self, trainer, pl_module) -> tuple[float, float]:
+        """The test AUROC, and the defect residual ratio (NaN without masks), scored as the paper scored."""
         was_training, buffers = pl_module.training, {k: v.clone() for k, v in pl_module.named_buffers()}
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # a DataLoader draws a seed from the global generator
@@ -105,15 +108,21 @@ class PaperProtocol(L.Callback):
             n_batches = limit if isinstance(limit, int) else math.ceil(limit * len(loader))
             # no progress bar of its own (Lightning's is live): say what the pause is
             log.info("the paper's protocol: scoring %d test batches after epoch %d", n_batches, trainer.current_epoch)
-            scores, labels = [], []
-            for images, batch_labels, _ in itertools.islice(loader, n_batches):
-                scores.append(pl_module(to_model_range(images.to(pl_module.device))).scores.cpu())
+            masks = pl_module.masks_of("test_set")
+            scores, labels, residuals, indices = [], [], [], []
+            for images, batch_labels, index in itertools.islice(loader, n_batches):
+                detection = pl_module(to_model_range(images.to(pl_module.device)))
+                scores.append(detection.scores.cpu())
                 labels.append(batch_labels)
+                if masks is not None:
+                    residuals.append(detection.residuals.cpu())
+                    indices.append(index.cpu())
         for name, buffer in pl_module.named_buffers():
             buffer.copy_(buffers[name])  # training mode moved BatchNorm's running statistics: put them back
         pl_module.train(was_training)
         auroc = ranking_metrics(torch.cat(scores), torch.cat(labels))["auroc"]
-        return -math.inf if math.isnan(auroc) else auroc
+        ratio = defect_residual_ratio(torch.cat(residuals), masks[torch.cat(indices)]) if residuals else math.nan
+        return -math.inf if math.isnan(auroc) else auroc, ratio
 
 
 def state_copy(module, device=None) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2.functional import resize, to_dtype
 
+from fned_lightning.defects import paint_defects
 from fned_lightning.errors import InputError
 from fned_lightning.scoring import MASK_UNKNOWN
 
@@ -207,6 +208,10 @@ class AnomalyDataModule(L.LightningDataModule):
 
     A seeded `val_fraction` of the normal training images is held out as the validation split,
     on which the score normalisation (and threshold) is fitted; it never sees test labels.
+    With `synthetic_val_defects`, the validation split also holds a copy of each of its images with
+    a defect painted on (defects.paint_defects; label 1, with its mask): every validation then
+    measures detection and the shortcut diagnostic on them, a way to choose settings without any real
+    test label. Only the unpainted images fit the normalisation and thresholds.
     """
 
     def __init__(
@@ -221,6 +226,7 @@ class AnomalyDataModule(L.LightningDataModule):
         num_workers: int = 0,
         on_device: bool = False,
         intensity: str = "none",
+        synthetic_val_defects: bool = False,
     ):
         super().__init__()
         check_image_size(image_size)
@@ -234,6 +240,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
+        self.synthetic_val_defects = synthetic_val_defects
         self.on_device = on_device  # keep the uint8 images on the accelerator: shuffled and sliced there, no copies
         self.train_set: InMemoryImages | None = None
 
@@ -257,6 +264,8 @@ class AnomalyDataModule(L.LightningDataModule):
         n_val = math.floor(len(train) * self.val_fraction)
         self.train_set = InMemoryImages(train[order[n_val:]], torch.zeros(len(train) - n_val, dtype=torch.long))
         self.val_set = InMemoryImages(train[order[:n_val]], torch.zeros(n_val, dtype=torch.long))
+        if self.synthetic_val_defects:
+            self.val_set = with_painted_copies(self.val_set, self.split_seed)
         test_order = torch.randperm(len(test), generator=generator)
         self.test_set = InMemoryImages(test[test_order], test_labels[test_order],
                                        test_masks[test_order] if test_masks is not None else None)
@@ -270,10 +279,11 @@ class AnomalyDataModule(L.LightningDataModule):
         return tuple(torch.cat(parts).mean().item() for parts in zip(*moments))
 
     def split_sizes(self) -> dict[str, int]:
-        labels = self.test_set.labels
+        labels, painted = self.test_set.labels, int((self.val_set.labels == 1).sum())
         return {
             "n_train": len(self.train_set),
-            "n_val": len(self.val_set),
+            "n_val": len(self.val_set) - painted,
+            **({"n_val_painted": painted} if self.synthetic_val_defects else {}),
             "n_test": len(self.test_set),
             "n_test_normal": int((labels == 0).sum()),
             "n_test_abnormal": int((labels == 1).sum()),
@@ -312,6 +322,17 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size)
+
+
+def with_painted_copies(normal: InMemoryImages, seed: int) -> InMemoryImages:
+    """The normal images and a copy of each with a painted defect (label 1, its mask), in a seeded order
+    that mixes the two, so that `limit_val_batches` draws from both."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    painted, masks = paint_defects(normal.images, generator)
+    images, labels = _labelled(normal.images, painted)
+    all_masks = torch.cat([torch.zeros_like(masks), masks])
+    order = torch.randperm(len(images), generator=generator)
+    return InMemoryImages(images[order], labels[order], all_masks[order])
 
 
 def _labelled(normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,8 @@ MODELS = {"fanogan": "f-AnoGAN", "ganomaly": "GANomaly", "skip_ganomaly": "Skip-
 SHORT_NAMES = {"airplane": "plane", "automobile": "car"}
 FOLDER_METRICS = ("auroc", "auprc", "f1", "recall", "precision")
 PIXEL_METRICS = {"auroc_score_paper": "AUROC (paper's score)", "auroc_score_map_max": "AUROC (map max)",
-                 "pixel_auroc": "pixel AUROC", "pixel_aupro": "AUPRO (30% FPR)", "pixel_f1": "pixel F1"}
+                 "pixel_auroc": "pixel AUROC", "pixel_aupro": "AUPRO (30% FPR)", "pixel_f1": "pixel F1",
+                 "defect_residual_ratio": "residual defect / normal"}  # ~1: G copies its input, defects too
 PAPER = {  # as printed in the paper (its own protocol), for comparison only
     "auroc": {
         "f-AnoGAN": [.529, .731, .389, .482, .365, .517, .431, .603, .484, .697, .523],

@@ -127,19 +127,43 @@ def shift_check(normal_scores: torch.Tensor, calibrated_threshold: float, valida
             "normal_test_below_val_min": below, "normal_test_above_val_max": above, "normal_test_shifted": shifted}
 
 
+def residual_map(x: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
+    """N x H x W: the raw residual |x - x_fake| averaged over channels."""
+    return (x.float() - x_fake.float()).abs().mean(1)
+
+
 def anomaly_map(x: torch.Tensor, x_fake: torch.Tensor, sigma: float) -> torch.Tensor:
     """N x H x W: the residual |x - x_fake| averaged over channels, smoothed with a Gaussian of
     `sigma` pixels (truncated at 4 sigma, reflected at the borders; 0: the raw residual)."""
-    residual = (x.float() - x_fake.float()).abs().mean(1, keepdim=True)
+    return smooth(residual_map(x, x_fake), sigma)
+
+
+def smooth(residual: torch.Tensor, sigma: float) -> torch.Tensor:
+    """N x H x W maps smoothed with a Gaussian of `sigma` pixels (anomaly_map); 0: unchanged."""
+    residual = residual[:, None]
     if sigma > 0:  # separable, with a kernel of fixed size: exports to ONNX as two plain convolutions
-        height, width = x.shape[-2:]
+        height, width = residual.shape[-2:]
         radius = min(math.ceil(4 * sigma), int(height) - 1, int(width) - 1)  # reflect padding needs radius < size
-        taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
+        taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=residual.device)
         kernel = torch.exp(-(taps**2) / (2 * sigma**2))
         kernel = kernel / kernel.sum()
         residual = F.pad(residual, (radius, radius, radius, radius), mode="reflect")
         residual = F.conv2d(F.conv2d(residual, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
     return residual[:, 0]
+
+
+def defect_residual_ratio(residuals: torch.Tensor, masks: torch.Tensor) -> float:
+    """The identity-shortcut diagnostic: the mean raw residual on defect pixels divided by the mean raw
+    residual on the normal pixels of the same images (those whose known mask holds a defect). A
+    generator that copies its input, defects included, scores about 1 (a perfect copy exactly 1: each
+    mean gets 1e-6 added); one that reconstructs the normal part scores well above 1. NaN when no image
+    has a known defect."""
+    masks = masks.to(residuals.device)
+    with_defect = (masks != MASK_UNKNOWN).flatten(1).all(1) & (masks == 1).flatten(1).any(1)
+    if not with_defect.any():
+        return math.nan
+    residuals, defect = residuals[with_defect].double(), masks[with_defect] == 1
+    return ((residuals[defect].mean() + 1e-6) / (residuals[~defect].mean() + 1e-6)).item()
 
 
 def upper_quantile(values: torch.Tensor, fraction: float) -> torch.Tensor:

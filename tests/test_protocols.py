@@ -97,8 +97,8 @@ class ScriptedPaperProtocol(PaperProtocol):
 
     AUROCS = [0.6, 0.9, 0.7]
 
-    def test_auroc(self, trainer, pl_module) -> float:
-        return self.AUROCS[trainer.current_epoch]
+    def test_auroc(self, trainer, pl_module) -> tuple[float, float]:
+        return self.AUROCS[trainer.current_epoch], math.nan
 
 
 def test_paper_protocol_tests_the_weights_of_the_best_epoch_not_the_last():

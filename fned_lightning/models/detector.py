@@ -10,12 +10,14 @@ import torch
 from fned_lightning.data import INTENSITIES, epoch_seed, image_moments, match_intensity
 from fned_lightning.errors import InputError
 from fned_lightning.scoring import (
-    anomaly_map,
+    defect_residual_ratio,
     evaluate,
     min_max_normalise,
     pixel_metrics,
     ranking_metrics,
+    residual_map,
     shift_check,
+    smooth,
     upper_quantile,
 )
 
@@ -32,6 +34,7 @@ class Detection(NamedTuple):
     maps: torch.Tensor          # N x H x W: the smoothed residual, at the input's resolution
     x_fake: torch.Tensor        # N x C x H x W: reconstructions, in the image's own intensity
     paper_scores: torch.Tensor  # N: the paper's score, whichever `image_score` is chosen
+    residuals: torch.Tensor     # N x H x W: the raw residual, before smoothing (the shortcut diagnostic's)
 
 
 class AnomalyDetector(L.LightningModule):
@@ -78,6 +81,7 @@ class AnomalyDetector(L.LightningModule):
         self._val_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._test_batches: list[tuple[torch.Tensor, ...]] = []
         self.test_results: dict | None = None
+        self.val_results: dict = {}  # with data.synthetic_val_defects: the last validation's defect metrics
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -108,12 +112,13 @@ class AnomalyDetector(L.LightningModule):
         image's own intensity, for figures."""
         seen = self.match_intensity(x)
         paper_scores, x_fake = self.score(seen)
-        maps = anomaly_map(seen, x_fake, self.map_sigma)
+        residuals = residual_map(seen, x_fake)
+        maps = smooth(residuals, self.map_sigma)
         if self.intensity == "per_image":
             mean, std = image_moments(x)
             x_fake = (x_fake - self.intensity_mean) * (std.clamp_min(1e-3) / self.intensity_std) + mean
         scores = paper_scores if self.image_score == "paper" else maps.flatten(1).amax(1)
-        return Detection(scores, maps, x_fake, paper_scores)
+        return Detection(scores, maps, x_fake, paper_scores, residuals)
 
     def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each model's own: raw scores and reconstructions of images as the networks see them."""
@@ -129,13 +134,21 @@ class AnomalyDetector(L.LightningModule):
             scheduler.step()  # per epoch, by hand: manual optimization leaves schedulers to us
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        detection = self(batch[0])
-        self._val_batches.append((detection.scores, detection.maps))
+        x, labels, index = batch
+        detection = self(x)
+        painted = self.masks_of("val_set") is not None  # data.synthetic_val_defects: kept to compare with the masks
+        residuals = detection.residuals if painted else detection.residuals[:0]
+        self._val_batches.append((detection.scores, detection.maps, labels, index, detection.paper_scores, residuals))
 
     def on_validation_epoch_end(self) -> None:
-        scores, maps = (self.all_gather(torch.cat(parts)) for parts in zip(*self._val_batches))
-        scores = scores.flatten()
+        gathered = [self.all_gather(torch.cat(parts)) for parts in zip(*self._val_batches)]
         self._val_batches.clear()
+        scores, labels, index, paper_scores = (gathered[i].flatten() for i in (0, 2, 3, 4))
+        maps, residuals = (gathered[i].flatten(0, -3) for i in (1, 5))
+        normal = labels == 0  # only normal images fit the normalisation and the thresholds
+        if (~normal).any():
+            self.validation_defect_metrics(scores, paper_scores, maps, residuals, labels, index)
+        scores, maps = scores[normal], maps[normal]
         self.score_min.fill_(scores.min())
         self.score_max.fill_(scores.max())
         self.score_threshold.fill_(torch.quantile(scores.float(), 1 - self.false_positive_rate))
@@ -143,6 +156,24 @@ class AnomalyDetector(L.LightningModule):
         self.log_dict({"val/score_mean": scores.mean(), "val/score_min": scores.min(), "val/score_max": scores.max(),
                        "val/score_threshold": self.score_threshold, "val/pixel_threshold": self.pixel_threshold},
                       rank_zero_only=True)  # gathered: the same on every rank
+
+    def validation_defect_metrics(self, scores, paper_scores, maps, residuals, labels, index) -> None:
+        """data.synthetic_val_defects: how well the model finds the defects painted on the normal validation
+        images, every epoch, with no real test label: `val_results` (metrics.json's `val_*`) and the logs."""
+        masks = self.masks_of("val_set")
+        masks = masks[index.to(masks.device)]
+        metrics = {f"{k}_score_{name}": v for name, by in (("paper", paper_scores), ("map_max", maps.flatten(1).amax(1)))
+                   for k, v in ranking_metrics(by, labels).items()}
+        metrics |= ranking_metrics(scores, labels)  # the chosen image score's
+        metrics |= {k: v for k, v in pixel_metrics(smooth(residuals, self.map_sigma), masks, None).items() if k != "pixel_f1"}
+        metrics["defect_residual_ratio"] = defect_residual_ratio(residuals, masks)
+        self.val_results = {f"val_{k}": v for k, v in metrics.items()}
+        self.log_dict({f"val/{k}": float(v) for k, v in metrics.items()}, rank_zero_only=True)
+
+    def masks_of(self, split: str) -> torch.Tensor | None:
+        """A split's ground-truth masks (data.InMemoryImages), where its data has them: the test set's
+        from ground_truth folders or data=synthetic, the validation set's from data.synthetic_val_defects."""
+        return getattr(getattr(self.trainer.datamodule, split, None), "masks", None)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """What `predict` and `export` need besides the weights: the class, and the images it expects."""
@@ -163,7 +194,8 @@ class AnomalyDetector(L.LightningModule):
         """Warn when the normal test images score unlike the normal validation images (scoring.shift_check)."""
         val_set = getattr(self.trainer.datamodule, "val_set", None)
         check = shift_check(normal_scores.float().cpu(), self.score_threshold.item(),
-                            (self.score_min.item(), self.score_max.item()), len(val_set) if val_set else 0,
+                            (self.score_min.item(), self.score_max.item()),
+                            int((val_set.labels == 0).sum()) if val_set else 0,
                             self.false_positive_rate)
         if check["normal_test_shifted"]:
             log.warning(
@@ -176,22 +208,18 @@ class AnomalyDetector(L.LightningModule):
                 100 * check["normal_test_below_val_min"], 100 * check["normal_test_above_val_max"])
         return check
 
-    def test_masks(self) -> torch.Tensor | None:
-        """The test set's ground-truth masks (see data.InMemoryImages), where its data has them."""
-        test_set = getattr(self.trainer.datamodule, "test_set", None)
-        return getattr(test_set, "masks", None)
-
     def test_step(self, batch, batch_idx: int) -> None:
         x, labels, index = batch
         detection = self(x)
         map_scores = detection.maps.flatten(1).amax(1)
-        maps = detection.maps if self.test_masks() is not None else detection.maps[:0]  # kept only to compare with masks
-        self._test_batches.append((detection.scores, detection.paper_scores, map_scores, labels, index, maps))
+        kept = slice(None) if self.masks_of("test_set") is not None else slice(0)  # maps kept only to compare with masks
+        self._test_batches.append((detection.scores, detection.paper_scores, map_scores, labels, index,
+                                   detection.maps[kept], detection.residuals[kept]))
 
     def on_test_epoch_end(self) -> None:
-        *per_image, maps = (self.all_gather(torch.cat(parts)) for parts in zip(*self._test_batches))
+        *per_image, maps, residuals = (self.all_gather(torch.cat(parts)) for parts in zip(*self._test_batches))
         scores, paper_scores, map_scores, labels, index = (part.flatten() for part in per_image)
-        maps = maps.flatten(0, -3)  # ranks x N x H x W -> N x H x W
+        maps, residuals = (part.flatten(0, -3) for part in (maps, residuals))  # ranks x N x H x W -> N x H x W
         self._test_batches.clear()
         # Under DDP the sampler pads the last batches with repeats: score each test image once.
         unique, inverse = torch.unique(index, return_inverse=True)
@@ -208,12 +236,14 @@ class AnomalyDetector(L.LightningModule):
         metrics["image_score"] = self.image_score
         for name, by_score in (("paper", paper_scores), ("map_max", map_scores)):  # the two image scores, same run
             metrics |= {f"{metric}_score_{name}": value for metric, value in ranking_metrics(by_score, labels).items()}
-        masks = self.test_masks()
+        masks = self.masks_of("test_set")
         if masks is None:
-            metrics |= {"pixel_auroc": None, "pixel_aupro": None, "pixel_f1": None}
+            metrics |= {"pixel_auroc": None, "pixel_aupro": None, "pixel_f1": None, "defect_residual_ratio": None}
         else:
             pixel_threshold = self.pixel_threshold.item() if fitted and not torch.isnan(self.pixel_threshold) else None
-            metrics |= pixel_metrics(maps[first], masks[index.to(masks.device)], pixel_threshold)
+            masks = masks[index.to(masks.device)]
+            metrics |= pixel_metrics(maps[first], masks, pixel_threshold)
+            metrics["defect_residual_ratio"] = defect_residual_ratio(residuals[first], masks)
         prefix = "test_paper/" if self.protocol == "paper" else "test/"  # never the same keys for both evaluations
         self.log_dict({prefix + k: v for k, v in metrics.items() if isinstance(v, float)}, rank_zero_only=True)
         self.test_results = {"metrics": metrics, "scores": scores.cpu(), "labels": labels.cpu(), "index": index.cpu(),

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.optim.lr_scheduler import LambdaLR
 
+from fned_lightning.defects import check_corruption, corrupt
 from fned_lightning.models.detector import AnomalyDetector
 from fned_lightning.networks.dcgan import dcgan_init
 from fned_lightning.scoring import anomaly_score
@@ -32,7 +33,9 @@ def real_fake_bce(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch
 class AnomalyGAN(AnomalyDetector):
     """FNED. G and D are built from their configs here, so a checkpoint alone rebuilds the model.
     Subclasses change `reconstruct`, `generator_losses`, `discriminator_loss` and `forward`.
-    `lr_decay_fraction=0` keeps the learning rate constant (the baselines' references)."""
+    `lr_decay_fraction=0` keeps the learning rate constant (the baselines' references).
+    `train_corruption` (noise or patches, of `corruption_strength`; defects.corrupt) feeds G a damaged
+    image in training and asks for the clean one: a remedy for G copying its input. Tests are untouched."""
 
     def __init__(
         self,
@@ -52,8 +55,11 @@ class AnomalyGAN(AnomalyDetector):
         intensity: str = "none",
         map_sigma: float = 4.0,
         image_score: str = "paper",
+        train_corruption: str = "none",
+        corruption_strength: float = 0.0,
     ):
         super().__init__(threshold, protocol, false_positive_rate, intensity, map_sigma, image_score)
+        check_corruption(train_corruption, corruption_strength)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.loss_weights = loss_weights or {"adv": 1.0, "con": 20.0, "lat": 1.0}
@@ -84,7 +90,7 @@ class AnomalyGAN(AnomalyDetector):
     def training_step(self, batch, batch_idx: int) -> None:
         x = self.match_intensity(batch[0])
         opt_g, opt_d = self.optimizers()
-        x_fake, extras = self.reconstruct(x)
+        x_fake, extras = self.reconstruct(corrupt(x, self.hparams.train_corruption, self.hparams.corruption_strength))
         real_logits, real_features = self.discriminator(x)  # serves both steps: D is unchanged until its own
 
         with self.toggled_optimizer(opt_g):  # D frozen

@@ -4,6 +4,11 @@ UNet++ nesting with residual blocks: node X[i][j] = H(concat(X[i][0..j-1], Up(X[
 X[i][0] the shared encoder. Encoder levels 1..4 are z = (z1, z2, z3, z4); decoder branch Dk
 climbs from zk to X[0][k], inner branches feeding outer ones through the dense skips, and
 x_fake comes from the outermost branch D4 through a 1x1 conv and Tanh.
+
+`skip_levels=k` cuts the dense skips of the top k levels: there, X[i][DEPTH-i] = H(Up(X[i+1][DEPTH-i-1]))
+and the other nodes of the level, which only fed those skips, are not built. With k >= 1 nothing
+reaches the output at full resolution without first being pooled: the generator cannot simply copy
+its input through X[0][0] -> X[0][1] -> ... -> X[0][4] (the identity shortcut).
 """
 
 import torch
@@ -37,19 +42,24 @@ class ResidualBlock(nn.Module):
 
 
 class FNEDGenerator(nn.Module):
-    """x -> x_fake, same shape. `width` is X[0][*]'s channels, doubling per level (UNet++: 32)."""
+    """x -> x_fake, same shape. `width` is X[0][*]'s channels, doubling per level (UNet++: 32);
+    `skip_levels` (0, the paper's, to DEPTH) top levels without dense skips."""
 
-    def __init__(self, channels: int = 3, width: int = 32):
+    def __init__(self, channels: int = 3, width: int = 32, skip_levels: int = 0):
         super().__init__()
+        if not 0 <= skip_levels <= DEPTH:
+            raise InputError(f"model.generator.skip_levels must be 0 (the paper's) to {DEPTH}, got {skip_levels}")
+        self.skip_levels = skip_levels
         widths = [width * 2**level for level in range(DEPTH + 1)]
         self.encoder = nn.ModuleList(
             ResidualBlock(channels if level == 0 else widths[level - 1], widths[level]) for level in range(DEPTH + 1)
         )
         self.nodes = nn.ModuleDict(
             {
-                f"{i}_{j}": ResidualBlock(j * widths[i] + widths[i + 1], widths[i])
+                f"{i}_{j}": ResidualBlock((j * widths[i] if self.has_skips(i) else 0) + widths[i + 1], widths[i])
                 for j in range(1, DEPTH + 1)
                 for i in range(DEPTH + 1 - j)
+                if self.has_skips(i) or j == DEPTH - i
             }
         )
         self.pool = nn.MaxPool2d(2)
@@ -69,6 +79,12 @@ class FNEDGenerator(nn.Module):
             grid.append([h])
         for j in range(1, DEPTH + 1):
             for i in range(DEPTH + 1 - j):
-                skips = grid[i][:j] + [self.up(grid[i + 1][j - 1])]
+                if f"{i}_{j}" not in self.nodes:  # a cut level's inner node: it would only have fed skips
+                    grid[i].append(None)
+                    continue
+                skips = (grid[i][:j] if self.has_skips(i) else []) + [self.up(grid[i + 1][j - 1])]
                 grid[i].append(self.nodes[f"{i}_{j}"](torch.cat(skips, dim=1)))
         return self.head(grid[0][DEPTH])
+
+    def has_skips(self, level: int) -> bool:
+        return level >= self.skip_levels
