@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -63,7 +64,9 @@ def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
         for hydra_dir in sorted(root.rglob(".hydra")):
             run = hydra_dir.parent
             if (run / "metrics.json").exists():
-                finished.append(json.loads((run / "metrics.json").read_text()) | {"run": str(run)})
+                config = OmegaConf.load(run / "config.yaml") if (run / "config.yaml").exists() else {}
+                finished.append(json.loads((run / "metrics.json").read_text())
+                                | {"run": str(run), "variant": model_variant(config.get("model", {}))})
                 continue
             config = OmegaConf.load(hydra_dir / "config.yaml")
             choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
@@ -71,6 +74,17 @@ def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
                            "anomaly_class": config.get("anomaly_class"), "protocol": config.get("protocol"),
                            "data_root": config.get("data", {}).get("root")})
     return finished, failed
+
+
+def model_variant(model) -> str | None:
+    """The remedies against copying a run's config used (issue 13), e.g. "patches 0.25, skip_levels=1";
+    None for the model as published."""
+    remedies = []
+    if model.get("train_corruption", "none") != "none":
+        remedies.append(f"{model['train_corruption']} {model['corruption_strength']:g}")
+    if (model.get("generator") or {}).get("skip_levels", 0):
+        remedies.append(f"skip_levels={model['generator']['skip_levels']}")
+    return ", ".join(remedies) or None
 
 
 def evaluations(finished: list[dict]) -> list[dict]:
@@ -96,6 +110,7 @@ def paper_gap(averages: dict[str, float | None], name: str) -> str:
 
 def row_name(run: dict) -> str:
     name = MODELS.get(run["model"], run["model"])
+    name += f" ({run['variant']})" if run.get("variant") else ""  # a remedy against copying (issue 13)
     return name if run.get("protocol", "honest") == "honest" else f"{name} [protocol={run['protocol']}]"
 
 
@@ -122,9 +137,11 @@ def summarise(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
 
 
-def model_rank(name: str) -> tuple[int, str]:
-    """The paper's row order; protocol variants after their model."""
-    return list(MODELS.values()).index(name.split(" [")[0]) if name.split(" [")[0] in MODELS.values() else 99, name
+def model_rank(name: str) -> tuple[int, str, str]:
+    """The paper's row order; each remedy variant after the published model, each protocol=paper row
+    after its honest one."""
+    model = re.split(r" \[| \(", name)[0]
+    return list(MODELS.values()).index(model) if model in MODELS.values() else 99, name.split(" [")[0], name
 
 
 def ordered_rows(names) -> list[str]:
@@ -185,21 +202,36 @@ def folder_table(finished, failed) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def pixel_table(finished) -> tuple[list[str], list[list[str]]]:
-    """Localisation, for runs whose test set has ground-truth masks: rows as Table 3's."""
+def summary_table(finished, columns: dict[str, str], include) -> tuple[list[str], list[list[str]]]:
+    """One row per (data set, model row) over the runs `include` accepts: each metric in `columns` summarised."""
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     row_runs: dict[tuple, list[dict]] = defaultdict(list)
-    for run in finished:
-        if run.get("pixel_auroc") is not None:
-            key = (Path(run.get("data_root") or run["data"]).name, row_name(run))
-            row_runs[key].append(run)
-            for metric in PIXEL_METRICS:
-                values[key][metric].append(run.get(metric))
-    header = ["data set", "model", "budget", *PIXEL_METRICS.values()]
+    for run in filter(include, finished):
+        key = (Path(run.get("data_root") or run["data"]).name, row_name(run))
+        row_runs[key].append(run)
+        for metric in columns:
+            values[key][metric].append(run.get(metric))
+    header = ["data set", "model", "budget", *columns.values()]
     rows = [[data_set, name, budgets(row_runs[(data_set, name)]),
-             *(summarise(values[(data_set, name)][m]) for m in PIXEL_METRICS)]
+             *(summarise(values[(data_set, name)][m]) for m in columns)]
             for data_set, name in sorted(values, key=lambda key: (key[0], model_rank(key[1])))]
     return header, rows
+
+
+def pixel_table(finished) -> tuple[list[str], list[list[str]]]:
+    """Localisation, for runs whose test set has ground-truth masks: rows as Table 3's."""
+    return summary_table(finished, PIXEL_METRICS, lambda run: run.get("pixel_auroc") is not None)
+
+
+VAL_DEFECT_METRICS = {"val_auroc_score_paper": "AUROC (paper's score)", "val_auroc_score_map_max": "AUROC (map max)",
+                      "val_pixel_auroc": "pixel AUROC", "val_defect_residual_ratio": "residual defect / normal"}
+
+
+def painted_defects_table(finished) -> tuple[list[str], list[list[str]]]:
+    """Runs with data.synthetic_val_defects: how each found the defects painted on its normal validation
+    images after its last epoch (no test label involved; the same for both protocols, so honest rows only)."""
+    return summary_table(finished, VAL_DEFECT_METRICS,
+                         lambda run: run.get("val_auroc_score_paper") is not None and run.get("protocol") != "paper")
 
 
 def mean_of(values: list[float]) -> float | None:
@@ -251,31 +283,39 @@ def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
     sections.append(f"Runs: {len(runs)} finished, {len(failed)} failed; protocols: {', '.join(protocols) or '—'}. "
                     "Rows marked [protocol=paper] choose the epoch on test labels: optimistic by construction; "
                     "the last column is their gain over the honest row of the same model.")
+    def add_table(name: str, header: list[str], rows: list[list[str]], title: str, shown_with: list[list[str]] = ()):
+        """A table's CSV, its W&B copy and its section (with reference rows shown, not saved)."""
+        write_csv(out / f"{name}.csv", header, rows)
+        tables[name] = (header, rows)
+        sections.append(f"### {title}\n\n" + markdown(header, rows + list(shown_with)))
+
     for number, metric in ((1, "auroc"), (2, "auprc")):
         header, rows, means = cifar_table(finished, failed, metric)
-        if not rows:
-            continue
-        write_csv(out / f"table{number}_{metric}.csv", header, rows)
-        tables[f"table{number}_{metric}"] = (header, rows)
-        sections.append(f"### Table {number}: CIFAR-10 {metric.upper()}, anomaly class given\n\n"
-                        + markdown(header, rows + paper_rows(metric)))
-        figures.append(bar_chart(means, metric, out / f"{metric}_bars.png"))
+        if rows:
+            add_table(f"table{number}_{metric}", header, rows, f"Table {number}: CIFAR-10 {metric.upper()}, anomaly class given",
+                      paper_rows(metric))
+            figures.append(bar_chart(means, metric, out / f"{metric}_bars.png"))
     header, rows = folder_table(finished, failed)
     if rows:
-        write_csv(out / "table3_folder.csv", header, rows)
-        tables["table3_folder"] = (header, rows)
         reference = [["(paper's fasteners)", f"{name} (paper, its protocol)", PAPER_BUDGET, *(f"{v:.3f}" for v in values), ""]
                      for name, values in PAPER["folder"].items()]
-        sections.append("### Table 3: image-folder data sets\n\n" + markdown(header, rows + reference))
+        add_table("table3_folder", header, rows, "Table 3: image-folder data sets", reference)
     header, rows = pixel_table(finished)
     if rows:
-        write_csv(out / "table3_localisation.csv", header, rows)
-        tables["table3_localisation"] = (header, rows)
-        sections.append("### Table 3, localisation: where ground-truth masks exist (the paper reports none)\n\n"
-                        "Image AUROC with the paper's score and with the anomaly map's maximum (both from the same "
-                        "runs), pixel AUROC, AUPRO (per-region overlap up to 30% false-positive rate, normalised) "
-                        "and pixel F1 at the pixel threshold fitted on normal validation images.\n\n"
-                        + markdown(header, rows))
+        add_table("table3_localisation", header, rows,
+                  "Table 3, localisation: where ground-truth masks exist (the paper reports none)\n\n"
+                  "Image AUROC with the paper's score and with the anomaly map's maximum (both from the same "
+                  "runs), pixel AUROC, AUPRO (per-region overlap up to 30% false-positive rate, normalised), "
+                  "pixel F1 at the pixel threshold fitted on normal validation images, and the residual on defect "
+                  "pixels over that on normal pixels of the same images (near 1: the generator copies its input, "
+                  "defects included).")
+    header, rows = painted_defects_table(finished)
+    if rows:
+        add_table("painted_validation_defects", header, rows,
+                  "Defects painted on normal validation images (data.synthetic_val_defects), last epoch\n\n"
+                  "No test label is involved: these are what settings may be chosen on. The residual ratio is "
+                  "the mean raw residual on defect pixels over that on the other pixels of the same images: "
+                  "near 1, the generator copies its input, defects included.")
     if failed:
         sections.append("Failed runs (no metrics.json):\n\n" + "\n".join(f"- {run['run']}" for run in failed))
     text = "\n\n".join(sections) + "\n"

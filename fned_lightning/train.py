@@ -62,6 +62,7 @@ def train(cfg: DictConfig) -> dict:
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics = run_summary(cfg, trainer, datamodule) | model.test_results["metrics"] | speed | throughput(trainer)
         metrics |= model.val_results  # data.synthetic_val_defects: the painted validation defects, last epoch
+        metrics |= model.val_results  # data.synthetic_val_defects: the painted validation defects, last epoch
         metrics["tested_epoch"] = paper.best_epoch if cfg.protocol == "paper" else trainer.current_epoch - 1  # 0-based
         if cfg.protocol == "both":
             metrics |= paper.test_best_epoch(trainer, model, datamodule)

@@ -7,8 +7,10 @@ from omegaconf import OmegaConf
 from fned_lightning.report import main as report_main
 
 
-def fake_run(root, name, metrics=None, model="fned", data="cifar10", anomaly_class="horse", protocol="honest"):
-    """A run folder as train.py leaves it: .hydra/ always, metrics.json only when it finished."""
+def fake_run(root, name, metrics=None, model="fned", data="cifar10", anomaly_class="horse", protocol="honest",
+             model_config=None):
+    """A run folder as train.py leaves it: .hydra/ always, metrics.json (and the resolved config.yaml, here
+    only its `model`) only when it finished."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save({"anomaly_class": anomaly_class, "protocol": protocol, "data": {"root": f"/d/{data}"}}, run / ".hydra/config.yaml")
@@ -16,6 +18,7 @@ def fake_run(root, name, metrics=None, model="fned", data="cifar10", anomaly_cla
     if metrics is not None:
         base = {"model": model, "data": data, "anomaly_class": anomaly_class, "protocol": protocol, "data_root": f"/d/{data}"}
         (run / "metrics.json").write_text(json.dumps(base | metrics))
+        OmegaConf.save({"model": model_config or {}}, run / "config.yaml")
 
 
 def scores(auroc, auprc=0.5, f1=0.6, recall=0.7, precision=0.8):
@@ -85,3 +88,23 @@ def test_runs_with_masks_get_a_localisation_table_beside_table_3(tmp_path):
     assert (row["data set"], row["model"]) == ("synthetic", "FNED")
     assert row["AUROC (map max)"] == "0.800 ± 0.000 (n=2)" and row["AUPRO (30% FPR)"] == "0.500 ± 0.141 (n=2)"
     assert "Table 3, localisation" in (runs / "report" / "tables.md").read_text()
+
+
+def test_remedies_against_copying_name_their_rows_and_painted_validation_defects_get_a_table(tmp_path):
+    runs = tmp_path / "multirun"
+    painted = {"val_auroc_score_paper": 0.8, "val_auroc_score_map_max": 0.9, "val_pixel_auroc": 0.95,
+               "val_defect_residual_ratio": 3.0}
+    paper = {f"paper_{k}": v for k, v in scores(0.65).items()}
+    fake_run(runs, "0", scores(0.5) | painted | paper, data="folder", anomaly_class=None, protocol="both",
+             model_config={"train_corruption": "none", "generator": {"skip_levels": 0}})
+    fake_run(runs, "1", scores(0.6) | painted | {"val_defect_residual_ratio": 5.0}, data="folder", anomaly_class=None,
+             model_config={"train_corruption": "patches", "corruption_strength": 0.25, "generator": {"skip_levels": 1}})
+    report_main([str(runs), "--wandb", "off"])
+    with open(runs / "report" / "table3_folder.csv") as file:
+        rows = {row["model"]: row for row in csv.DictReader(file)}
+    assert list(rows) == ["FNED", "FNED [protocol=paper]", "FNED (patches 0.25, skip_levels=1)"]
+    assert rows["FNED [protocol=paper]"]["AUROC paper - honest"] == "+0.150"
+    with open(runs / "report" / "painted_validation_defects.csv") as file:
+        rows = {row["model"]: row for row in csv.DictReader(file)}
+    assert list(rows) == ["FNED", "FNED (patches 0.25, skip_levels=1)"]  # honest rows only: validation is one
+    assert rows["FNED (patches 0.25, skip_levels=1)"]["residual defect / normal"] == "5.000"
