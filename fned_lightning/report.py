@@ -114,6 +114,13 @@ def row_name(run: dict) -> str:
     return name if run.get("protocol", "honest") == "honest" else f"{name} [protocol={run['protocol']}]"
 
 
+def data_set_of(run: dict) -> str:
+    """A folder run's data set: the folder's name, and the image size it was read at (runs at different
+    sizes are different experiments, never averaged together)."""
+    name = Path(run.get("data_root") or run["data"]).name
+    return f"{name} ({run['image_size']} px)" if run.get("image_size") else name
+
+
 def budget(run: dict) -> str:
     """What a run trained on: epochs x training images per epoch (all of them when none is recorded)."""
     images = run.get("train_images_per_epoch") or run.get("n_train")
@@ -184,13 +191,13 @@ def folder_table(finished, failed) -> tuple[list[str], list[list[str]]]:
     row_runs: dict[tuple, list[dict]] = defaultdict(list)
     for run in finished:
         if run["data"] != "cifar10":
-            key = (Path(run.get("data_root") or run["data"]).name, row_name(run))
+            key = (data_set_of(run), row_name(run))
             row_runs[key].append(run)
             for metric in FOLDER_METRICS:
                 values[key][metric].append(run[metric])
     for run in failed:
         if run["data"] != "cifar10":
-            values.setdefault((Path(run.get("data_root") or run["data"]).name, row_name(run)), defaultdict(list))
+            values.setdefault((data_set_of(run), row_name(run)), defaultdict(list))
     header = ["data set", "model", "budget", "AUROC", "AUPRC", "F1", "recall", "precision", "AUROC paper - honest"]  # FOLDER_METRICS
     rows = []
     for data_set, name in sorted(values, key=lambda key: (key[0], model_rank(key[1]))):
@@ -207,7 +214,7 @@ def summary_table(finished, columns: dict[str, str], include) -> tuple[list[str]
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     row_runs: dict[tuple, list[dict]] = defaultdict(list)
     for run in filter(include, finished):
-        key = (Path(run.get("data_root") or run["data"]).name, row_name(run))
+        key = (data_set_of(run), row_name(run))
         row_runs[key].append(run)
         for metric in columns:
             values[key][metric].append(run.get(metric))

@@ -35,8 +35,9 @@ def test_a_brightness_and_contrast_shift_does_not_change_the_score():
     x = torch.rand(3, 1, 16, 16) * 0.6 - 0.3
     shifted = 0.7 * x + 0.25  # darker contrast, brighter: still inside [-1, 1]
     with torch.inference_mode():
-        scores, _, x_fake, _ = model(x)
-        shifted_scores, _, shifted_fake, _ = model(shifted)
+        detection, shifted_detection = model(x), model(shifted)
+        scores, x_fake = detection.scores, detection.x_fake
+        shifted_scores, shifted_fake = shifted_detection.scores, shifted_detection.x_fake
     torch.testing.assert_close(shifted_scores, scores, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(shifted_fake, 0.7 * x_fake + 0.25, rtol=1e-4, atol=1e-4)  # in each image's own intensity
 

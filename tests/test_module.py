@@ -156,7 +156,8 @@ def test_every_gan_config_trains_both_networks_and_scores_images(name):
     terms = {k.removeprefix("train/loss_"): v for k, v in m.items() if k.startswith("train/loss_") and k[-2:] not in ("_g", "_d")}
     assert set(terms) == set(model.loss_weights)
     torch.testing.assert_close(m["train/loss_g"], sum(model.loss_weights[k] * v for k, v in terms.items()))
-    scores, _, x_fake, _ = model.eval()(torch.rand(3, 1, 16, 16) * 2 - 1)
+    detection = model.eval()(torch.rand(3, 1, 16, 16) * 2 - 1)
+    scores, x_fake = detection.scores, detection.x_fake
     assert scores.shape == (3,) and x_fake.shape == (3, 1, 16, 16) and torch.isfinite(scores).all()
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import TINY, TINY_MODELS, run_cli
+from tests.conftest import REPO, TINY, TINY_MODELS, compose_config, run_cli
 
 SYNTHETIC = ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
 
@@ -233,3 +233,15 @@ def test_the_slurm_launcher_asks_for_one_gpu_per_run(tmp_path, monkeypatch):
     sbatch = executor._executor._make_submission_file_text("python -m fned_lightning.train", "0")
     for line in ("--gpus-per-node=1", "--ntasks-per-node=1", "--nodes=1", "--partition=gpu", "--cpus-per-task=8"):
         assert f"#SBATCH {line}\n" in sbatch
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_builds_its_model(experiment):
+    from hydra.utils import instantiate
+
+    from fned_lightning.errors import check_options
+
+    cfg = compose_config(f"experiment={experiment}", "anomaly_class=horse")
+    for group in ("data", "model", "trainer"):
+        check_options(cfg[group], group)
+    instantiate(cfg.model)  # the model checks its own settings (remedies, protocol, scores)
