@@ -21,7 +21,8 @@ from fned_lightning.report import MODELS, model_variant  # noqa: E402
 
 CURVES = {"val/defect_residual_ratio": "painted validation defects: residual defect / normal",
           "val/auroc_score_paper": "painted validation defects: AUROC (paper's score)",
-          "paper/test_auroc": "test AUROC after each epoch (paper's protocol)"}
+          "paper/test_auroc": "test AUROC after each epoch (paper's protocol)",
+          "paper/test_defect_residual_ratio": "test defects, where masks exist: residual defect / normal (paper's protocol)"}
 
 
 def curves(run: Path) -> dict[str, dict[int, float]]:
@@ -54,15 +55,16 @@ def main(folder: str) -> None:
                   for label, values in shown.items()]
         lines.append("")
     (root / "epoch_curves.md").write_text("\n".join(lines))
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(6 * len(CURVES), 4))
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
     for ax, (key, title) in zip(axes, CURVES.items()):
         for label, values in runs.items():
             if values.get(key):
                 ax.plot(list(values[key]), list(values[key].values()), marker=".", label=label)
         ax.set(title=title, xlabel="epoch")
         ax.title.set_fontsize(9)
-    axes[0].axhline(1, color="grey", linestyle=":")  # a generator that copies its input
-    axes[-1].axhline(0.5, color="grey", linestyle=":")  # chance
+    for ratio in (axes[0], axes[3]):
+        ratio.axhline(1, color="grey", linestyle=":")  # a generator that copies its input
+    axes[2].axhline(0.5, color="grey", linestyle=":")  # chance
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(root / "epoch_curves.png", dpi=100)

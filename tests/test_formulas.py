@@ -92,7 +92,8 @@ EXPECTED_SCORES = {
 def test_scores_are_the_references(name):
     detector = model(name)
     stub_networks(detector, critic=name == "fanogan")
-    scores, _, x_fake, _ = detector(X)
+    detection = detector(X)
+    scores, x_fake = detection.scores, detection.x_fake
     assert x_fake is X_FAKE
     assert scores.shape == (1,) and scores.item() == pytest.approx(EXPECTED_SCORES[name])
 
