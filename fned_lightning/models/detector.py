@@ -165,7 +165,7 @@ class AnomalyDetector(L.LightningModule):
         metrics = {f"{k}_score_{name}": v for name, by in (("paper", paper_scores), ("map_max", maps.flatten(1).amax(1)))
                    for k, v in ranking_metrics(by, labels).items()}
         metrics |= ranking_metrics(scores, labels)  # the chosen image score's
-        metrics |= {k: v for k, v in pixel_metrics(smooth(residuals, self.map_sigma), masks, None).items() if k != "pixel_f1"}
+        metrics |= {k: v for k, v in pixel_metrics(maps, masks, None).items() if k != "pixel_f1"}
         metrics["defect_residual_ratio"] = defect_residual_ratio(residuals, masks)
         self.val_results = {f"val_{k}": v for k, v in metrics.items()}
         self.log_dict({f"val/{k}": float(v) for k, v in metrics.items()}, rank_zero_only=True)
