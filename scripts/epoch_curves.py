@@ -55,17 +55,19 @@ def main(folder: str) -> None:
                   for label, values in shown.items()]
         lines.append("")
     (root / "epoch_curves.md").write_text("\n".join(lines))
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
-    for ax, (key, title) in zip(axes, CURVES.items()):
+    measured = [key for key in CURVES if any(values.get(key) for values in runs.values())]  # e.g. no test masks
+    fig, axes = plt.subplots(1, len(measured), figsize=(5 * len(measured), 4), squeeze=False)
+    for ax, key in zip(axes[0], measured):
         for label, values in runs.items():
             if values.get(key):
                 ax.plot(list(values[key]), list(values[key].values()), marker=".", label=label)
-        ax.set(title=title, xlabel="epoch")
+        ax.set(title=CURVES[key], xlabel="epoch")
         ax.title.set_fontsize(9)
-    for ratio in (axes[0], axes[3]):
-        ratio.axhline(1, color="grey", linestyle=":")  # a generator that copies its input
-    axes[2].axhline(0.5, color="grey", linestyle=":")  # chance
-    axes[0].legend(fontsize=7)
+        # the reference line: a generator that copies its input (ratios), or chance (AUROC on the test set)
+        reference = 1 if key.endswith("ratio") else 0.5 if key == "paper/test_auroc" else None
+        if reference is not None:
+            ax.axhline(reference, color="grey", linestyle=":")
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(root / "epoch_curves.png", dpi=100)
     print((root / "epoch_curves.md").read_text())
