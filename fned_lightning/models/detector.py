@@ -37,6 +37,20 @@ class Detection(NamedTuple):
     residuals: torch.Tensor     # N x H x W: the raw residual, before smoothing (the shortcut diagnostic's)
 
 
+def each_image_once(index: torch.Tensor) -> torch.Tensor:
+    """Positions of the first occurrence of each image index: under DDP the sampler pads the last
+    batches with repeats, and gathered results must count every image once."""
+    unique, inverse = torch.unique(index, return_inverse=True)
+    positions = torch.arange(len(index), device=index.device)
+    return torch.full_like(unique, len(index)).scatter_reduce(0, inverse, positions, "amin")
+
+
+def by_image_score(paper_scores: torch.Tensor, map_scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """AUROC and AUPRC by each image score (`*_score_paper`, `*_score_map_max`): the two compared on the same weights."""
+    return {f"{metric}_score_{name}": value for name, scores in (("paper", paper_scores), ("map_max", map_scores))
+            for metric, value in ranking_metrics(scores, labels).items()}
+
+
 class AnomalyDetector(L.LightningModule):
     """Evaluation shared by every model; subclasses give `score(x) -> (scores, x_fake)` and training.
 
@@ -78,7 +92,7 @@ class AnomalyDetector(L.LightningModule):
         self.register_buffer("score_max", torch.tensor(float("nan")))
         self.register_buffer("score_threshold", torch.tensor(float("nan")))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
-        self._val_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._val_batches: list[tuple[torch.Tensor, ...]] = []
         self._test_batches: list[tuple[torch.Tensor, ...]] = []
         self.test_results: dict | None = None
         self.val_results: dict = {}  # with data.synthetic_val_defects: the last validation's defect metrics
@@ -145,6 +159,9 @@ class AnomalyDetector(L.LightningModule):
         self._val_batches.clear()
         scores, labels, index, paper_scores = (gathered[i].flatten() for i in (0, 2, 3, 4))
         maps, residuals = (gathered[i].flatten(0, -3) for i in (1, 5))
+        once = each_image_once(index)
+        scores, labels, index, paper_scores, maps = (t[once] for t in (scores, labels, index, paper_scores, maps))
+        residuals = residuals[once] if len(residuals) else residuals
         normal = labels == 0  # only normal images fit the normalisation and the thresholds
         if (~normal).any():
             self.validation_defect_metrics(scores, paper_scores, maps, residuals, labels, index)
@@ -162,8 +179,7 @@ class AnomalyDetector(L.LightningModule):
         images, every epoch, with no real test label: `val_results` (metrics.json's `val_*`) and the logs."""
         masks = self.masks_of("val_set")
         masks = masks[index.to(masks.device)]
-        metrics = {f"{k}_score_{name}": v for name, by in (("paper", paper_scores), ("map_max", maps.flatten(1).amax(1)))
-                   for k, v in ranking_metrics(by, labels).items()}
+        metrics = by_image_score(paper_scores, maps.flatten(1).amax(1), labels)
         metrics |= ranking_metrics(scores, labels)  # the chosen image score's
         metrics |= {k: v for k, v in pixel_metrics(maps, masks, None).items() if k != "pixel_f1"}
         metrics["defect_residual_ratio"] = defect_residual_ratio(residuals, masks)
@@ -221,9 +237,7 @@ class AnomalyDetector(L.LightningModule):
         scores, paper_scores, map_scores, labels, index = (part.flatten() for part in per_image)
         maps, residuals = (part.flatten(0, -3) for part in (maps, residuals))  # ranks x N x H x W -> N x H x W
         self._test_batches.clear()
-        # Under DDP the sampler pads the last batches with repeats: score each test image once.
-        unique, inverse = torch.unique(index, return_inverse=True)
-        first = torch.full_like(unique, len(index)).scatter_reduce(0, inverse, torch.arange(len(index), device=index.device), "amin")
+        first = each_image_once(index)
         scores, paper_scores, map_scores, labels, index = (t[first] for t in (scores, paper_scores, map_scores, labels, index))
         fitted = self.protocol != "paper" and not torch.isnan(self.score_min)
         metrics = evaluate(
@@ -234,8 +248,7 @@ class AnomalyDetector(L.LightningModule):
         if fitted:
             metrics |= self.check_shift(scores[labels == 0])
         metrics["image_score"] = self.image_score
-        for name, by_score in (("paper", paper_scores), ("map_max", map_scores)):  # the two image scores, same run
-            metrics |= {f"{metric}_score_{name}": value for metric, value in ranking_metrics(by_score, labels).items()}
+        metrics |= by_image_score(paper_scores, map_scores, labels)
         masks = self.masks_of("test_set")
         if masks is None:
             metrics |= {"pixel_auroc": None, "pixel_aupro": None, "pixel_f1": None, "defect_residual_ratio": None}
