@@ -6,7 +6,7 @@ CLASS ?= horse
 DATA ?= data/cifar10
 ARGS ?=
 
-.PHONY: install test train demo cifar10 bench clean
+.PHONY: install test test-fast train demo cifar10 bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(VENV)/.installed
 
 test: install  ## the test suite: CPU, tiny data made on the spot, no network
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+
+test-fast: install  ## while working on the code: the suite less the tests that start the command line
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m "not cli"
 
 train: install  ## one CIFAR-10 experiment: make train CLASS=horse [DATA=path] [ARGS="trainer.max_epochs=1 ..."]
 	$(BIN)/python -m fned_lightning.train anomaly_class=$(CLASS) data.root=$(DATA) $(ARGS)

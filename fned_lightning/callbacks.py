@@ -8,7 +8,7 @@ import time
 import lightning as L
 import torch
 
-from fned_lightning.data import to_model_range
+from fned_lightning.data.base import to_model_range
 from fned_lightning.networks.layers import to_channels_last
 from fned_lightning.scoring import defect_residual_ratio, ranking_metrics
 

@@ -16,6 +16,16 @@ class InputError(ValueError):
     """A bad path, class name, image or setting; the message names the problem and the fix."""
 
 
+SIZE_MULTIPLE = 16  # the networks halve an image four times
+
+
+def check_image_size(image_size: int, option: str = "data.image_size") -> None:
+    """Image sides the networks can halve four times; `option` names where the size came from."""
+    if image_size < SIZE_MULTIPLE or image_size % SIZE_MULTIPLE:
+        raise InputError(f"{option}={image_size} is not a multiple of {SIZE_MULTIPLE}; the networks halve it four "
+                         f"times. Use e.g. 32, 64, 128 or 256.")
+
+
 def input_error_in(error: BaseException | None) -> InputError | None:
     """The user mistake behind an error, also when Hydra's instantiate wrapped it; a config value left
     at ??? (mandatory) becomes one that names the key."""

@@ -32,12 +32,14 @@ from rich.progress import track
 from torchvision.io import write_png
 from torchvision.transforms.v2.functional import resize
 
-from fned_lightning.data import IMAGE_SUFFIXES, READABLE, read_image, suffixes_of, to_model_range
+from fned_lightning.data.base import to_model_range
+from fned_lightning.data.images import IMAGE_SUFFIXES, READABLE, read_image, suffixes_of
 from fned_lightning.errors import InputError, exit_on_input_error
 from fned_lightning.networks.layers import to_channels_last
 
 log = logging.getLogger(__name__)
 DECISIONS = ("calibrated", "paper")
+MOVED = {"fned_lightning.models.fned.AnomalyGAN": "fned_lightning.models.fned.FNED"}  # FNED's class before it had its own
 
 
 def load_detector(ckpt_path: str | Path, device: str | torch.device = "cpu"):
@@ -52,6 +54,7 @@ def load_detector(ckpt_path: str | Path, device: str | torch.device = "cpu"):
     info = checkpoint.get("fned_lightning") if isinstance(checkpoint, dict) else None
     if info is None:
         raise InputError(f"{path} is not a fned_lightning checkpoint; pass the checkpoints/last.ckpt that a train run wrote")
+    info["model_target"] = MOVED.get(info["model_target"], info["model_target"])
     try:
         model = get_class(info["model_target"])(**checkpoint["hyper_parameters"])
         model.load_state_dict(checkpoint["state_dict"])
@@ -190,7 +193,7 @@ def predict(cfg: DictConfig) -> dict:
     if below + above > 0.5:  # most of the folder outside what normal parts scored: not the conditions it was trained for
         log.warning("%.0f%% of these images score below and %.0f%% above every normal validation image: they differ "
                     "from the training images as a whole (lighting, camera, a different part?), not only where a defect "
-                    "is. Decisions on them cannot be trusted; see README 'Inspect your own parts' (data.intensity="
+                    "is. Decisions on them cannot be trusted; see docs/lighting_and_shift.md (data.intensity="
                     "per_image, or train on normal images taken under these conditions).", 100 * below, 100 * above)
     summary = {
         "ckpt_path": str(cfg.ckpt_path), "model": info["model_target"].rsplit(".", 1)[-1], "image_size": size,

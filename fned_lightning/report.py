@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from omegaconf import OmegaConf
 
-from fned_lightning.data import CIFAR10_CLASSES
+from fned_lightning.data.cifar10 import CIFAR10_CLASSES
 
 MODELS = {"fanogan": "f-AnoGAN", "ganomaly": "GANomaly", "skip_ganomaly": "Skip-GANomaly", "fned": "FNED"}  # the paper's order
 SHORT_NAMES = {"airplane": "plane", "automobile": "car"}

@@ -132,14 +132,9 @@ def residual_map(x: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
     return (x.float() - x_fake.float()).abs().mean(1)
 
 
-def anomaly_map(x: torch.Tensor, x_fake: torch.Tensor, sigma: float) -> torch.Tensor:
-    """N x H x W: the residual |x - x_fake| averaged over channels, smoothed with a Gaussian of
-    `sigma` pixels (truncated at 4 sigma, reflected at the borders; 0: the raw residual)."""
-    return smooth(residual_map(x, x_fake), sigma)
-
-
 def smooth(residual: torch.Tensor, sigma: float) -> torch.Tensor:
-    """N x H x W maps smoothed with a Gaussian of `sigma` pixels (anomaly_map); 0: unchanged."""
+    """N x H x W maps smoothed with a Gaussian of `sigma` pixels (truncated at 4 sigma, reflected at the
+    borders): the anomaly map of a residual map. 0: unchanged."""
     residual = residual[:, None]
     if sigma > 0:  # separable, with a kernel of fixed size: exports to ONNX as two plain convolutions
         height, width = residual.shape[-2:]

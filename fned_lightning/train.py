@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fned_lightning.callbacks import PaperProtocol
-from fned_lightning.data import to_model_range
+from fned_lightning.data.base import to_model_range
 from fned_lightning.errors import InputError, check_options, input_error_in
 from fned_lightning.figures import anomaly_map_grid, reconstruction_grid, roc_and_pr_curves, score_histogram
 from fned_lightning.loggers import hide_lightning_tips
@@ -33,6 +33,15 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning on newer torch: noise
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")  # we log per epoch; short epochs are fine
 hide_lightning_tips()
+
+
+def data_name(anomaly_class: str | None, root: str | None, source: str) -> str:
+    """What a run's folder and W&B name call its data: the CIFAR-10 class, else the data folder's name
+    (mvtec_screw), else the source (synthetic)."""
+    return str(anomaly_class or (Path(str(root)).name if root else source))
+
+
+OmegaConf.register_new_resolver("data_name", data_name, replace=True)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -61,7 +70,6 @@ def train(cfg: DictConfig) -> dict:
         speed = throughput(trainer)
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics = run_summary(cfg, trainer, datamodule) | model.test_results["metrics"] | speed | throughput(trainer)
-        metrics |= model.val_results  # data.synthetic_val_defects: the painted validation defects, last epoch
         metrics |= model.val_results  # data.synthetic_val_defects: the painted validation defects, last epoch
         metrics["tested_epoch"] = paper.best_epoch if cfg.protocol == "paper" else trainer.current_epoch - 1  # 0-based
         if cfg.protocol == "both":

@@ -6,7 +6,9 @@ the AUROC of each image's mean grey level and of its standard deviation, used as
 
 import sys
 
-from fned_lightning.data import ImageFolderAnomaly, image_moments, match_intensity, to_model_range
+from fned_lightning.data.base import to_model_range
+from fned_lightning.data.folder import ImageFolderAnomaly
+from fned_lightning.models.intensity import image_moments, match_intensity
 from fned_lightning.scoring import ranking_metrics
 
 

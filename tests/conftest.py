@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.io import write_jpeg, write_png
 
-from fned_lightning.data import CIFAR10_CLASSES
+from fned_lightning.data.cifar10 import CIFAR10_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.generator.width=4", "model.discriminator.width=8", "logger=csv"]
@@ -69,3 +69,16 @@ TINY_MODELS = {  # every model config, a few channels wide
     "fanogan": ["model=fanogan", "model.generator.width=4", "model.critic.width=4", "model.encoder.width=4",
                 "model.latent=8", "model.critic_steps=2"],
 }
+
+
+PROCESS_STARTERS = {"run_cli", "kill_after_first_checkpoint", "subprocess"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that start the command line as its own process are marked `cli`: `make test-fast` leaves
+    them out (about half the suite's time); `make test`, which CI runs, keeps them."""
+    for item in items:
+        functions = [getattr(item, "function", None)] + [
+            definition.func for definitions in item._fixtureinfo.name2fixturedefs.values() for definition in definitions]
+        if any(f is not None and PROCESS_STARTERS & set(f.__code__.co_names) for f in functions):
+            item.add_marker(pytest.mark.cli)

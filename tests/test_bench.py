@@ -1,5 +1,7 @@
 import json
 
+import torch
+
 from fned_lightning import bench
 
 
@@ -12,6 +14,20 @@ def test_bench_writes_every_model_and_the_data_path(tmp_path, capsys):
     for r in results["models"].values():
         assert r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0 and r["yardstick_gflop_per_s"] > 0
         assert r["train_gflop_per_image"] > r["infer_gflop_per_image"] > 0  # a step is forwards and backwards
-        assert r["train_fraction_of_yardstick"] == r["train_gflop_per_s"] / r["yardstick_gflop_per_s"]
+        assert 0 < r["train_fraction_of_yardstick"] < 10  # a fraction of the machine's best conv speed
     assert results["data_path"]["images_per_s"] > 0
     assert "| fned |" in capsys.readouterr().out
+
+
+def test_flop_counts_are_those_worked_out_by_hand():
+    # a 3x3 conv, 8 -> 16 channels, on 2 x 8 x 10 x 10: 2 FLOPs (multiply, add) per weight per output pixel
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    x = torch.randn(2, 8, 10, 10, requires_grad=True)
+    with bench.FlopCount() as forward:
+        y = conv(x)
+    assert forward.total == 2 * (2 * 16 * 10 * 10) * (8 * 3 * 3)
+    with bench.FlopCount() as backward:  # the gradients of the input and of the weights: two more of the same size
+        y.sum().backward()
+    assert backward.total == 2 * forward.total
+    # the yardstick: forward + backward of a 128 -> 128 3x3 conv on 64 x 128 x 32 x 32
+    assert bench.ConvYardstick.FLOPS == 3 * 2 * (64 * 128 * 32 * 32) * (128 * 3 * 3)

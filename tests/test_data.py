@@ -2,15 +2,10 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from fned_lightning.data import (
-    CIFAR10OneClass,
-    DeviceShuffledBatches,
-    ImageFolderAnomaly,
-    InMemoryImages,
-    SyntheticParts,
-    draw_parts,
-    resolve_cifar10_class,
-)
+from fned_lightning.data.base import DeviceShuffledBatches, InMemoryImages
+from fned_lightning.data.cifar10 import CIFAR10OneClass, resolve_cifar10_class
+from fned_lightning.data.folder import ImageFolderAnomaly
+from fned_lightning.data.synthetic import SyntheticParts, draw_parts
 from fned_lightning.scoring import MASK_UNKNOWN
 from fned_lightning.errors import InputError
 
@@ -199,7 +194,7 @@ def test_bmp_and_16_bit_tiff_parts_are_read_like_png(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from fned_lightning.data import read_image
+    from fned_lightning.data.images import read_image
 
     grey = (np.arange(24 * 32).reshape(24, 32) % 256).astype(np.uint8)
     Image.fromarray(grey).save(tmp_path / "part.bmp")

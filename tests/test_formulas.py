@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from tests.conftest import TINY_MODELS, compose_config
@@ -124,7 +125,20 @@ def test_dcgan_discriminator_features_are_its_4x4_pyramid(name, size):
     logits, features = d.eval()(x)
     channels = 64 * size // 8  # width doubling from size/2 down to 4x4
     assert features.shape == (2, channels * 16) and logits.shape == (2,)
-    torch.testing.assert_close(features, d.features(x).flatten(1))
+    # The pyramid written out with functional ops from the layers' weights: 4x4 stride-2 convs, BatchNorm
+    # (eval: running statistics) after all but the first, LeakyReLU 0.2 after each, down to 4x4.
+    convs = [m for m in d.features if isinstance(m, torch.nn.Conv2d)]
+    norms = [None] + [m for m in d.features if isinstance(m, torch.nn.BatchNorm2d)]
+    h = x
+    for conv, norm in zip(convs, norms):
+        h = F.conv2d(h, conv.weight, stride=2, padding=1)
+        if norm is not None:
+            h = (h - norm.running_mean[:, None, None]) / torch.sqrt(norm.running_var[:, None, None] + norm.eps)
+            h = h * norm.weight[:, None, None] + norm.bias[:, None, None]
+        h = F.leaky_relu(h, 0.2)
+    assert h.shape == (2, channels, 4, 4) and len(convs) == int(math.log2(size)) - 2
+    torch.testing.assert_close(features, h.flatten(1))
+    torch.testing.assert_close(logits, (h * d.head.weight).flatten(1).sum(1))  # the head: one 4x4 conv to a logit
 
 
 @pytest.mark.parametrize("size,blocks", [(32, 3), (64, 4), (128, 5)])

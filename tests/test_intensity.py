@@ -9,7 +9,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from fned_lightning.data import image_moments, to_model_range
+from fned_lightning.data.base import to_model_range
+from fned_lightning.models.intensity import image_moments
 from fned_lightning.export import export
 from fned_lightning.predict import load_detector, predict
 from tests.conftest import TINY, TINY_MODELS, compose_config, run_cli

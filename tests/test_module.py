@@ -3,15 +3,16 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from fned_lightning.models import fned as fned_module
-from fned_lightning.data import SyntheticParts
+from fned_lightning.models import gan as gan_module
+from fned_lightning.data.synthetic import SyntheticParts
 from fned_lightning.errors import InputError
-from fned_lightning.models.fned import AnomalyGAN, constant_then_linear_decay
+from fned_lightning.models.fned import FNED
+from fned_lightning.models.gan import constant_then_linear_decay
 from fned_lightning.networks.dcgan import dcgan_init
 
 
-def tiny_model(**hparams) -> AnomalyGAN:
-    return AnomalyGAN(
+def tiny_model(**hparams) -> FNED:
+    return FNED(
         generator={"_target_": "fned_lightning.networks.fned.FNEDGenerator", "channels": 1, "width": 4},
         discriminator={"_target_": "fned_lightning.networks.dcgan.DCGANDiscriminator", "image_size": 16, "channels": 1, "width": 8},
         **hparams,
@@ -22,7 +23,7 @@ def tiny_data() -> SyntheticParts:
     return SyntheticParts(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2)
 
 
-def fit(model: AnomalyGAN, **trainer_args) -> L.Trainer:
+def fit(model: FNED, **trainer_args) -> L.Trainer:
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, **trainer_args)
     trainer.fit(model, datamodule=tiny_data())
@@ -51,7 +52,7 @@ def test_discriminator_is_reinitialised_when_its_loss_collapsed_at_the_next_chec
     monkeypatch, collapse_loss, interval, batches, reinit
 ):
     reinitialised = []
-    monkeypatch.setattr(fned_module, "dcgan_init", lambda layer: reinitialised.append(layer) or dcgan_init(layer))
+    monkeypatch.setattr(gan_module, "dcgan_init", lambda layer: reinitialised.append(layer) or dcgan_init(layer))
     L.seed_everything(0)
     model = tiny_model(d_collapse_loss=collapse_loss, d_collapse_check_interval=interval)
     trainer = fit(model, max_epochs=1, limit_train_batches=batches, limit_val_batches=0)
@@ -67,13 +68,26 @@ def test_schedule_is_constant_then_linear_decay():
     assert factors[7:] == pytest.approx([1 - k / 9 for k in range(1, 9)])
 
 
+class LearningRates(L.Callback):
+    """The rate each optimiser trains each epoch with, read at the epoch's first batch."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.rates.append([opt.param_groups[0]["lr"] for opt in pl_module.optimizers()])
+
+
 def test_schedulers_step_once_per_epoch_and_validation_fits_the_normalisation():
     L.seed_everything(0)
     model = tiny_model(lr_decay_fraction=0.5)
-    fit(model, max_epochs=4)
+    rates = LearningRates()
+    fit(model, max_epochs=4, callbacks=[rates])
     assert [s.last_epoch for s in model.lr_schedulers()] == [4, 4]
-    lr = model.optimizers()[0].param_groups[0]["lr"]
-    assert lr == pytest.approx(2e-4 * constant_then_linear_decay(4, total_epochs=4, decay_epochs=2))
+    # 4 epochs, the last half decaying: 2 at the full rate, then a ramp of 2 steps of 1/3 towards 0
+    expected = [2e-4, 2e-4, 2e-4 * 2 / 3, 2e-4 / 3]
+    assert rates.rates == [pytest.approx([rate, rate]) for rate in expected]
     assert torch.isfinite(model.score_min) and model.score_max > model.score_min
 
 

@@ -34,7 +34,7 @@ def test_generator_is_fully_nested_with_dense_skips():
 
 
 def test_generator_rejects_sizes_that_are_not_multiples_of_16():
-    with pytest.raises(InputError, match="multiples of 16"):
+    with pytest.raises(InputError, match="input side=40 is not a multiple of 16"):
         FNEDGenerator(channels=1, width=4)(torch.zeros(1, 1, 40, 40))
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fned_lightning.data import draw_parts
+from fned_lightning.data.synthetic import draw_parts
 from fned_lightning.errors import InputError
 from fned_lightning.export import ScoreAndMap, export, write
 from fned_lightning.predict import load_detector, predict
-from fned_lightning.scoring import anomaly_map
+from fned_lightning.scoring import residual_map, smooth
 from tests.conftest import TINY, run_cli
 
 
@@ -122,6 +122,14 @@ def test_a_checkpoint_of_an_older_version_is_refused_with_the_fix(checkpoint, tm
         load_detector(tmp_path / "old.ckpt")
 
 
+def test_an_fned_checkpoint_from_before_the_class_had_its_name_still_loads(checkpoint, tmp_path):
+    old = torch.load(checkpoint, weights_only=True)
+    old["fned_lightning"]["model_target"] = "fned_lightning.models.fned.AnomalyGAN"
+    torch.save(old, tmp_path / "old.ckpt")
+    model, info = load_detector(tmp_path / "old.ckpt")
+    assert type(model).__name__ == "FNED" and info["model_target"] == "fned_lightning.models.fned.FNED"
+
+
 def test_an_output_folder_that_cannot_be_written_is_named(checkpoint, parts, tmp_path):
     (tmp_path / "file").write_text("a file where a folder should go")
     with pytest.raises(InputError, match=f"cannot write to output={tmp_path / 'file' / 'out'}"):
@@ -137,7 +145,7 @@ def test_onnx_export_matches_pytorch(checkpoint, tmp_path):
     with torch.no_grad():
         expected_score, expected_map = ScoreAndMap(model).eval()(images)
         x = images * 2 - 1
-        smoothed = anomaly_map(x, model(x).x_fake, sigma=model.map_sigma)  # the map the export must return
+        smoothed = smooth(residual_map(x, model(x).x_fake), model.map_sigma)  # the map the export must return
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     score, onnx_map = session.run(None, {"images": images.numpy()})
     np.testing.assert_allclose(score, expected_score.numpy(), rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from fned_lightning.callbacks import PaperProtocol
-from fned_lightning.data import SyntheticParts
+from fned_lightning.data.synthetic import SyntheticParts
 from tests.conftest import TINY, TINY_MODELS, compose_config, run_cli
 
 

@@ -5,7 +5,6 @@ import torch
 
 from fned_lightning.scoring import (
     MASK_UNKNOWN,
-    anomaly_map,
     anomaly_score,
     aupro,
     connected_regions,
@@ -14,7 +13,9 @@ from fned_lightning.scoring import (
     min_max_normalise,
     pixel_metrics,
     ranking_metrics,
+    residual_map,
     shift_check,
+    smooth,
     upper_quantile,
 )
 
@@ -127,12 +128,18 @@ def test_anomaly_map_is_the_channel_mean_residual_smoothed():
     x = torch.zeros(1, 3, 16, 16)
     x_fake = torch.zeros(1, 3, 16, 16)
     x_fake[0, :, 8, 8] = 0.9  # one bright pixel
-    raw = anomaly_map(x, x_fake, sigma=0)
-    assert raw[0, 8, 8] == pytest.approx(0.9) and raw.sum() == pytest.approx(0.9)
-    smooth = anomaly_map(x, x_fake, sigma=1)  # radius 4: the border is not reached
-    assert smooth.shape == (1, 16, 16) and smooth.sum() == pytest.approx(0.9)  # spread, not lost
-    assert smooth[0, 8, 8] == smooth.max() < 0.9 / 4 and smooth[0, 8, 9] > smooth[0, 8, 11] > smooth[0, 8, 12] > 0
-    assert smooth[0, 8, 13] == 0  # truncated at 4 sigma
+    x_fake[0, 0, 4, 4] = 0.3  # in one channel only: the map is the channel mean
+    raw = smooth(residual_map(x, x_fake), sigma=0)
+    assert raw[0, 8, 8] == pytest.approx(0.9) and raw[0, 4, 4] == pytest.approx(0.1) and raw.sum() == pytest.approx(1.0)
+    x_fake[0, 0, 4, 4] = 0
+    maps = smooth(residual_map(x, x_fake), sigma=1)  # radius 4: the border is not reached
+    # the separable Gaussian, written out: 0.9 * g(dy) * g(dx), g(t) = exp(-t^2 / 2) / sum over |t| <= 4
+    g = [math.exp(-t * t / 2) for t in range(5)]
+    total = g[0] + 2 * sum(g[1:])
+    for dy, dx in ((0, 0), (0, 1), (2, 3), (4, 4)):
+        assert maps[0, 8 + dy, 8 + dx].item() == pytest.approx(0.9 * g[dy] * g[dx] / total**2, rel=1e-5)
+    assert maps.shape == (1, 16, 16) and maps.sum() == pytest.approx(0.9)  # spread, not lost
+    assert maps[0, 8, 13] == 0 and maps[0, 3, 8] == 0  # truncated at 4 sigma
 
 
 def test_upper_quantile_is_exceeded_by_the_given_share():

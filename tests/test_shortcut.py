@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from fned_lightning.data import SyntheticParts, draw_parts
+from fned_lightning.data.synthetic import SyntheticParts, draw_parts
 from fned_lightning.defects import PATCH_GRID, VISIBLE, corrupt, paint_defects
 from fned_lightning.errors import InputError
 from fned_lightning.networks.fned import DEPTH, FNEDGenerator

@@ -1,3 +1,3 @@
 """The LightningModules, one model a file: `detector.AnomalyDetector` is the evaluation they share;
-`fned.AnomalyGAN` is FNED's alternating G/D training step, which GANomaly and Skip-GANomaly reuse
-with their own losses and scores; `fanogan.FAnoGAN` trains a WGAN-GP, then an encoder."""
+`gan.AnomalyGAN` the alternating G/D training step of FNED (`fned.py`), GANomaly and Skip-GANomaly,
+each of which gives its own losses and score; `fanogan.FAnoGAN` trains a WGAN-GP, then an encoder."""

@@ -7,8 +7,9 @@ from typing import NamedTuple
 import lightning as L
 import torch
 
-from fned_lightning.data import INTENSITIES, epoch_seed, image_moments, match_intensity
 from fned_lightning.errors import InputError
+from fned_lightning.models.intensity import INTENSITIES, image_moments, match_intensity
+from fned_lightning.seeding import epoch_seed
 from fned_lightning.scoring import (
     defect_residual_ratio,
     evaluate,
@@ -43,6 +44,27 @@ def each_image_once(index: torch.Tensor) -> torch.Tensor:
     unique, inverse = torch.unique(index, return_inverse=True)
     positions = torch.arange(len(index), device=index.device)
     return torch.full_like(unique, len(index)).scatter_reduce(0, inverse, positions, "amin")
+
+
+class Scored(NamedTuple):
+    """A split's results by name, batch by batch and then gathered: per image, then per pixel."""
+
+    scores: torch.Tensor        # N: the image score chosen by `image_score`
+    paper_scores: torch.Tensor  # N: the paper's score
+    map_scores: torch.Tensor    # N: the anomaly map's maximum
+    labels: torch.Tensor        # N: 0 normal, 1 abnormal
+    index: torch.Tensor         # N: each image's position in its split (its mask, its name)
+    maps: torch.Tensor          # N x H x W, or empty where nothing compares or fits on pixels
+    residuals: torch.Tensor     # N x H x W, or empty where no mask is known
+
+
+PER_PIXEL = ("maps", "residuals")
+
+
+def scored(detection: Detection, labels: torch.Tensor, index: torch.Tensor, keep_maps: bool, keep_residuals: bool) -> Scored:
+    none = slice(0)  # kept only where they are used: the maps are the largest part
+    return Scored(detection.scores, detection.paper_scores, detection.maps.flatten(1).amax(1), labels, index,
+                  detection.maps[slice(None) if keep_maps else none], detection.residuals[slice(None) if keep_residuals else none])
 
 
 def by_image_score(paper_scores: torch.Tensor, map_scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -92,8 +114,8 @@ class AnomalyDetector(L.LightningModule):
         self.register_buffer("score_max", torch.tensor(float("nan")))
         self.register_buffer("score_threshold", torch.tensor(float("nan")))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
-        self._val_batches: list[tuple[torch.Tensor, ...]] = []
-        self._test_batches: list[tuple[torch.Tensor, ...]] = []
+        self._val_batches: list[Scored] = []
+        self._test_batches: list[Scored] = []
         self.test_results: dict | None = None
         self.val_results: dict = {}  # with data.synthetic_val_defects: the last validation's defect metrics
 
@@ -149,22 +171,23 @@ class AnomalyDetector(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, labels, index = batch
-        detection = self(x)
-        painted = self.masks_of("val_set") is not None  # data.synthetic_val_defects: kept to compare with the masks
-        residuals = detection.residuals if painted else detection.residuals[:0]
-        self._val_batches.append((detection.scores, detection.maps, labels, index, detection.paper_scores, residuals))
+        painted = self.masks_of("val_set") is not None  # data.synthetic_val_defects: residuals kept to compare with the masks
+        self._val_batches.append(scored(self(x), labels, index, keep_maps=True, keep_residuals=painted))
+
+    def gather(self, batches: list[Scored]) -> Scored:
+        """One split's batches joined, gathered across ranks (ranks x N x ... -> N x ...), each image once."""
+        joined = {name: self.all_gather(torch.cat([getattr(batch, name) for batch in batches])) for name in Scored._fields}
+        batches.clear()
+        flat = {name: part.flatten(0, -3) if name in PER_PIXEL else part.flatten() for name, part in joined.items()}
+        once = each_image_once(flat["index"])
+        return Scored(**{name: part[once] if len(part) else part for name, part in flat.items()})
 
     def on_validation_epoch_end(self) -> None:
-        gathered = [self.all_gather(torch.cat(parts)) for parts in zip(*self._val_batches)]
-        self._val_batches.clear()
-        scores, labels, index, paper_scores = (gathered[i].flatten() for i in (0, 2, 3, 4))
-        maps, residuals = (gathered[i].flatten(0, -3) for i in (1, 5))
-        once = each_image_once(index)
-        scores, labels, index, paper_scores, maps = (t[once] for t in (scores, labels, index, paper_scores, maps))
-        residuals = residuals[once] if len(residuals) else residuals
+        val = self.gather(self._val_batches)
+        scores, labels, maps = val.scores, val.labels, val.maps
         normal = labels == 0  # only normal images fit the normalisation and the thresholds
         if (~normal).any():
-            self.validation_defect_metrics(scores, paper_scores, maps, residuals, labels, index)
+            self.validation_defect_metrics(val)
         scores, maps = scores[normal], maps[normal]
         self.score_min.fill_(scores.min())
         self.score_max.fill_(scores.max())
@@ -174,15 +197,15 @@ class AnomalyDetector(L.LightningModule):
                        "val/score_threshold": self.score_threshold, "val/pixel_threshold": self.pixel_threshold},
                       rank_zero_only=True)  # gathered: the same on every rank
 
-    def validation_defect_metrics(self, scores, paper_scores, maps, residuals, labels, index) -> None:
+    def validation_defect_metrics(self, val: Scored) -> None:
         """data.synthetic_val_defects: how well the model finds the defects painted on the normal validation
         images, every epoch, with no real test label: `val_results` (metrics.json's `val_*`) and the logs."""
         masks = self.masks_of("val_set")
-        masks = masks[index.to(masks.device)]
-        metrics = by_image_score(paper_scores, maps.flatten(1).amax(1), labels)
-        metrics |= ranking_metrics(scores, labels)  # the chosen image score's
-        metrics |= {k: v for k, v in pixel_metrics(maps, masks, None).items() if k != "pixel_f1"}
-        metrics["defect_residual_ratio"] = defect_residual_ratio(residuals, masks)
+        masks = masks[val.index.to(masks.device)]
+        metrics = by_image_score(val.paper_scores, val.map_scores, val.labels)
+        metrics |= ranking_metrics(val.scores, val.labels)  # the chosen image score's
+        metrics |= {k: v for k, v in pixel_metrics(val.maps, masks, None).items() if k != "pixel_f1"}
+        metrics["defect_residual_ratio"] = defect_residual_ratio(val.residuals, masks)
         self.val_results = {f"val_{k}": v for k, v in metrics.items()}
         self.log_dict({f"val/{k}": float(v) for k, v in metrics.items()}, rank_zero_only=True)
 
@@ -219,26 +242,19 @@ class AnomalyDetector(L.LightningModule):
                 "calibrated threshold (which %.0f%% of validation images exceed), %.0f%% score below and %.0f%% above "
                 "every validation image. They differ from the training images (lighting, camera, a different part?), "
                 "and decisions on them cannot be trusted, whatever the AUROC. Try data.intensity=per_image, or train "
-                "on normal images taken under the test conditions (README: Inspect your own parts).",
+                "on normal images taken under the test conditions (docs/lighting_and_shift.md).",
                 100 * check["normal_test_over_threshold"], len(normal_scores), 100 * self.false_positive_rate,
                 100 * check["normal_test_below_val_min"], 100 * check["normal_test_above_val_max"])
         return check
 
     def test_step(self, batch, batch_idx: int) -> None:
         x, labels, index = batch
-        detection = self(x)
-        map_scores = detection.maps.flatten(1).amax(1)
-        kept = slice(None) if self.masks_of("test_set") is not None else slice(0)  # maps kept only to compare with masks
-        self._test_batches.append((detection.scores, detection.paper_scores, map_scores, labels, index,
-                                   detection.maps[kept], detection.residuals[kept]))
+        masked = self.masks_of("test_set") is not None  # maps kept only to compare with the masks
+        self._test_batches.append(scored(self(x), labels, index, keep_maps=masked, keep_residuals=masked))
 
     def on_test_epoch_end(self) -> None:
-        *per_image, maps, residuals = (self.all_gather(torch.cat(parts)) for parts in zip(*self._test_batches))
-        scores, paper_scores, map_scores, labels, index = (part.flatten() for part in per_image)
-        maps, residuals = (part.flatten(0, -3) for part in (maps, residuals))  # ranks x N x H x W -> N x H x W
-        self._test_batches.clear()
-        first = each_image_once(index)
-        scores, paper_scores, map_scores, labels, index = (t[first] for t in (scores, paper_scores, map_scores, labels, index))
+        test = self.gather(self._test_batches)
+        scores, labels = test.scores, test.labels
         fitted = self.protocol != "paper" and not torch.isnan(self.score_min)
         metrics = evaluate(
             scores, labels, self.threshold,
@@ -248,16 +264,16 @@ class AnomalyDetector(L.LightningModule):
         if fitted:
             metrics |= self.check_shift(scores[labels == 0])
         metrics["image_score"] = self.image_score
-        metrics |= by_image_score(paper_scores, map_scores, labels)
+        metrics |= by_image_score(test.paper_scores, test.map_scores, labels)
         masks = self.masks_of("test_set")
         if masks is None:
             metrics |= {"pixel_auroc": None, "pixel_aupro": None, "pixel_f1": None, "defect_residual_ratio": None}
         else:
             pixel_threshold = self.pixel_threshold.item() if fitted and not torch.isnan(self.pixel_threshold) else None
-            masks = masks[index.to(masks.device)]
-            metrics |= pixel_metrics(maps[first], masks, pixel_threshold)
-            metrics["defect_residual_ratio"] = defect_residual_ratio(residuals[first], masks)
+            masks = masks[test.index.to(masks.device)]
+            metrics |= pixel_metrics(test.maps, masks, pixel_threshold)
+            metrics["defect_residual_ratio"] = defect_residual_ratio(test.residuals, masks)
         prefix = "test_paper/" if self.protocol == "paper" else "test/"  # never the same keys for both evaluations
         self.log_dict({prefix + k: v for k, v in metrics.items() if isinstance(v, float)}, rank_zero_only=True)
-        self.test_results = {"metrics": metrics, "scores": scores.cpu(), "labels": labels.cpu(), "index": index.cpu(),
-                             "maps": maps[first].cpu() if masks is not None else None}
+        self.test_results = {"metrics": metrics, "scores": scores.cpu(), "labels": labels.cpu(), "index": test.index.cpu(),
+                             "maps": test.maps.cpu() if masks is not None else None}

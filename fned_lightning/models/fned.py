@@ -1,79 +1,16 @@
-"""FNED (paper section 1): G reconstructs normal images, D tells x_real from x_fake; D and G alternate
-every batch. `AnomalyGAN` is that training step; GANomaly and Skip-GANomaly subclass it with their
-own losses and scores."""
-
-import functools
-import logging
+"""FNED (paper section 1): the fully-nested encoder-decoder generator against a DCGAN discriminator,
+its losses (section 1.3) and its anomaly score (section 1.2); the alternating training step is `gan.AnomalyGAN`."""
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from torch.optim.lr_scheduler import LambdaLR
 
-from fned_lightning.defects import check_corruption, corrupt
-from fned_lightning.models.detector import AnomalyDetector
-from fned_lightning.networks.dcgan import dcgan_init
+from fned_lightning.models.gan import AnomalyGAN, real_fake_bce
 from fned_lightning.scoring import anomaly_score
 
-log = logging.getLogger(__name__)
 
-
-def constant_then_linear_decay(epoch: int, total_epochs: int, decay_epochs: int) -> float:
-    """The "lambda" schedule: factor 1, then a linear ramp towards 0 over the last `decay_epochs`."""
-    into_decay = epoch + 1 - (total_epochs - decay_epochs)
-    return 1.0 - max(0, into_decay) / (decay_epochs + 1)
-
-
-def real_fake_bce(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """BCE(D(x), 1) + BCE(D(x_fake), 0): D's side of the adversarial loss (sigmoid inside, for stability)."""
-    return F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + \
-        F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-
-
-class AnomalyGAN(AnomalyDetector):
-    """FNED. G and D are built from their configs here, so a checkpoint alone rebuilds the model.
-    Subclasses change `reconstruct`, `generator_losses`, `discriminator_loss` and `forward`.
-    `lr_decay_fraction=0` keeps the learning rate constant (the baselines' references).
-    `train_corruption` (noise or patches, of `corruption_strength`; defects.corrupt) feeds G a damaged
-    image in training and asks for the clean one: a remedy for G copying its input. Tests are untouched."""
-
-    def __init__(
-        self,
-        generator: dict,
-        discriminator: dict,
-        loss_weights: dict[str, float] | None = None,
-        lr: float = 2e-4,
-        betas: tuple[float, float] = (0.5, 0.999),
-        lr_decay_fraction: float = 0.5,
-        score_weight: float = 0.9,
-        score_reduction: str = "sum",
-        threshold: float = 0.2,
-        d_collapse_loss: float = 1e-5,
-        d_collapse_check_interval: int = 10,
-        protocol: str = "honest",
-        false_positive_rate: float = 0.05,
-        intensity: str = "none",
-        map_sigma: float = 4.0,
-        image_score: str = "paper",
-        train_corruption: str = "none",
-        corruption_strength: float = 0.0,
-    ):
-        super().__init__(threshold, protocol, false_positive_rate, intensity, map_sigma, image_score)
-        check_corruption(train_corruption, corruption_strength)
-        self.save_hyperparameters()
-        self.automatic_optimization = False
-        self.loss_weights = loss_weights or {"adv": 1.0, "con": 20.0, "lat": 1.0}
-        self.generator = instantiate(generator)
-        self.discriminator = instantiate(discriminator)
-        self.register_buffer("d_collapsed", torch.tensor(False), persistent=False)
-
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        self.d_collapsed.zero_()  # decided within an epoch: nothing pending across a checkpoint (resumable)
-
-    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """x_fake, and whatever else the generator yields that a loss needs."""
-        return self.generator(x), {}
+class FNED(AnomalyGAN):
+    """G: adversarial, contextual and latent terms (weights 1 / 20 / 1); D: BCE(real) + BCE(fake).
+    Score A(x) = 0.9 ||x - x_fake||_1 + 0.1 ||f(x) - f(x_fake)||_2 (`score_weight`, `score_reduction`)."""
 
     def generator_losses(self, x, x_fake, extras, real_features, fake_logits, fake_features) -> dict[str, torch.Tensor]:
         """FNED's terms: adversarial (non-saturating BCE), contextual and latent smooth-L1."""
@@ -86,53 +23,6 @@ class AnomalyGAN(AnomalyDetector):
     def discriminator_loss(self, real_logits, fake_logits, real_features, fake_features) -> torch.Tensor:
         """D maximises L_adv = log D(x) + log(1 - D(x_fake)), i.e. minimises the two BCE terms."""
         return real_fake_bce(real_logits, fake_logits)
-
-    def training_step(self, batch, batch_idx: int) -> None:
-        x = self.match_intensity(batch[0])
-        opt_g, opt_d = self.optimizers()
-        x_fake, extras = self.reconstruct(corrupt(x, self.hparams.train_corruption, self.hparams.corruption_strength))
-        real_logits, real_features = self.discriminator(x)  # serves both steps: D is unchanged until its own
-
-        with self.toggled_optimizer(opt_g):  # D frozen
-            fake_logits, fake_features = self.discriminator(x_fake)
-            losses = self.generator_losses(x, x_fake, extras, real_features.detach(), fake_logits, fake_features)
-            loss_g = sum(self.loss_weights[name] * loss for name, loss in losses.items())
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(loss_g)
-            opt_g.step()
-
-        # D(x_fake) once more, though D has not changed: one forward serving both steps needs each
-        # backward limited to one network (backward(inputs=...)), which DDP's reducer rejects (tried:
-        # "parameters that were not used in producing the loss"). It costs one D forward a batch,
-        # 0.035 GFLOP an image at 32x32: 1% of an FNED step, 6% of GANomaly's (make bench FLOPs).
-        with self.toggled_optimizer(opt_d):  # G frozen: x_fake is detached
-            fake_logits, fake_features = self.discriminator(x_fake.detach())
-            loss_d = self.discriminator_loss(real_logits, fake_logits, real_features, fake_features)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
-            opt_d.step()
-
-        collapsed = loss_d.detach() < self.hparams.d_collapse_loss
-        self.d_collapsed |= collapsed
-        # Reading the flag on the host waits for the device, so it is read every few batches only.
-        if (batch_idx + 1) % self.hparams.d_collapse_check_interval == 0 and self.d_collapsed.item():
-            # D won outright and G gets no gradient from it: restart D (the anchors' rule)
-            self.discriminator.apply(dcgan_init)
-            self.d_collapsed.zero_()
-            log.info("discriminator collapsed (loss_d < %g) by batch %d: re-initialised", self.hparams.d_collapse_loss, batch_idx)
-        self.log_dict({f"train/loss_{name}": loss for name, loss in losses.items()})
-        self.log_dict({"train/loss_g": loss_g, "train/loss_d": loss_d, "train/d_collapsed": collapsed.float()})
-        self.log_dict({"loss_g": loss_g, "loss_d": loss_d}, prog_bar=True, logger=False)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=tuple(hp.betas), fused=True)
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr, betas=tuple(hp.betas), fused=True)
-        total = max(self.trainer.max_epochs or 1, 1)
-        schedule = functools.partial(
-            constant_then_linear_decay, total_epochs=total, decay_epochs=round(total * hp.lr_decay_fraction)
-        )
-        return [opt_g, opt_d], [LambdaLR(opt_g, schedule), LambdaLR(opt_d, schedule)]
 
     def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw anomaly scores A(x) and reconstructions x_fake, for images in [-1, 1]."""

@@ -3,7 +3,7 @@ and scores it."""
 
 import torch.nn.functional as F
 
-from fned_lightning.models.fned import AnomalyGAN, real_fake_bce
+from fned_lightning.models.gan import AnomalyGAN, real_fake_bce
 
 
 class GANomaly(AnomalyGAN):

@@ -4,7 +4,7 @@
 import torch
 import torch.nn.functional as F
 
-from fned_lightning.models.fned import AnomalyGAN, real_fake_bce
+from fned_lightning.models.gan import AnomalyGAN, real_fake_bce
 
 
 class SkipGANomaly(AnomalyGAN):

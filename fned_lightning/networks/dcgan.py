@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from fned_lightning.errors import check_image_size
 from fned_lightning.networks.layers import WholeImageConv2d, WholeImageConvTranspose2d
 
 
@@ -17,18 +18,13 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def check_size(image_size: int, name: str) -> None:
-    if image_size < 16 or image_size % 16:
-        raise ValueError(f"{name} needs an image_size that is a multiple of 16, got {image_size}")
-
-
 class DCGANEncoder(nn.Module):
     """Conv 4x4 stride 2 (+ BatchNorm) + LeakyReLU(0.2) down to 4x4 (`features`), then a 4x4 conv to
     `out_channels` x 1 x 1 (`head`)."""
 
     def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64, out_channels: int = 100):
         super().__init__()
-        check_size(image_size, type(self).__name__)
+        check_image_size(image_size, f"{type(self).__name__} image_size")
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         size, ch = image_size // 2, width
         while size > 4:
@@ -74,7 +70,7 @@ class DCGANDecoder(nn.Module):
 
     def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64, latent: int = 100):
         super().__init__()
-        check_size(image_size, type(self).__name__)
+        check_image_size(image_size, f"{type(self).__name__} image_size")
         ch = width * image_size // 8  # mirrors the encoder: `width` channels at image_size / 2
         layers: list[nn.Module] = [WholeImageConvTranspose2d(latent, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
         size = 4

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fned_lightning.networks.dcgan import check_size
+from fned_lightning.errors import check_image_size
 
 
 def level_widths(image_size: int, width: int) -> list[int]:
@@ -56,7 +56,7 @@ class ResNetGenerator(nn.Module):
 
     def __init__(self, image_size: int = 64, channels: int = 1, width: int = 64, latent: int = 128):
         super().__init__()
-        check_size(image_size, type(self).__name__)
+        check_image_size(image_size, f"{type(self).__name__} image_size")
         widths = level_widths(image_size, width)
         self.input = nn.Linear(latent, widths[-1] * 16)
         self.blocks = nn.Sequential(*(ResidualBlock(widths[i + 1], widths[i], "up") for i in reversed(range(len(widths) - 1))))
@@ -75,7 +75,7 @@ class ResNetEncoder(nn.Module):
     def __init__(self, image_size: int = 64, channels: int = 1, width: int = 64, out_features: int = 128,
                  norm: str = "batch"):
         super().__init__()
-        check_size(image_size, type(self).__name__)
+        check_image_size(image_size, f"{type(self).__name__} image_size")
         norms = {"batch": nn.BatchNorm2d, "layer": layer_norm}
         if norm not in norms:
             raise ValueError(f"norm must be one of {', '.join(norms)}, got {norm!r}")

@@ -14,9 +14,9 @@ its input through X[0][0] -> X[0][1] -> ... -> X[0][4] (the identity shortcut).
 import torch
 from torch import nn
 
-from fned_lightning.errors import InputError
+from fned_lightning.errors import InputError, check_image_size
 
-DEPTH = 4  # four decoder branches, so inputs must be multiples of 2**4
+DEPTH = 4  # four decoder branches: images halve four times (errors.SIZE_MULTIPLE)
 
 
 class ResidualBlock(nn.Module):
@@ -67,11 +67,9 @@ class FNEDGenerator(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(widths[0], channels, 1), nn.Tanh())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_tracing() and (x.shape[-1] % 2**DEPTH or x.shape[-2] % 2**DEPTH):
-            raise InputError(
-                f"FNED needs image sides that are multiples of {2**DEPTH}, got {tuple(x.shape[-2:])}; "
-                f"set data.image_size to one (32, 64, 128, 256)"
-            )
+        if not torch.jit.is_tracing():
+            for side in x.shape[-2:]:
+                check_image_size(side, "FNEDGenerator input side")
         grid: list[list[torch.Tensor]] = []  # grid[i][j] is node X[i][j]
         h = x
         for level, block in enumerate(self.encoder):

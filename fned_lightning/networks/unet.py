@@ -6,14 +6,15 @@ import math
 import torch
 from torch import nn
 
-from fned_lightning.networks.dcgan import check_size, dcgan_init
+from fned_lightning.errors import check_image_size
+from fned_lightning.networks.dcgan import dcgan_init
 from fned_lightning.networks.layers import FoldConvTranspose2d, WholeImageConv2d, WholeImageConvTranspose2d
 
 
 class UNetGenerator(nn.Module):
     def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64):
         super().__init__()
-        check_size(image_size, type(self).__name__)
+        check_image_size(image_size, f"{type(self).__name__} image_size")
         depth = int(math.log2(image_size))  # down to 1x1
         chans = [min(width * 2**level, width * 8) for level in range(depth)]
         self.down = nn.ModuleList([nn.Conv2d(channels, chans[0], 4, 2, 1, bias=False)])

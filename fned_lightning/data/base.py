@@ -1,0 +1,244 @@
+"""What every data source shares: images held in memory as uint8 tensors, the seeded validation
+split, the samplers, and the LightningDataModule that serves them.
+
+Every image is decoded and resized once, then held as a uint8 tensor; batches are sliced from it
+(no per-item PIL, no per-epoch decode) and scaled to [-1, 1] on the device. Test sets are shuffled
+once with a fixed seed so that `limit_test_batches` draws from both classes.
+"""
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fned_lightning.defects import paint_defects
+from fned_lightning.errors import InputError, check_image_size
+from fned_lightning.models.intensity import INTENSITIES, image_moments
+from fned_lightning.seeding import epoch_seed
+
+log = logging.getLogger(__name__)
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1], the generators' Tanh range."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+class LoadedData(NamedTuple):
+    """What a source's `load()` gives: images uint8 N x C x S x S, masks as `InMemoryImages` holds them."""
+
+    train: torch.Tensor               # the normal training images (validation is split from them)
+    test: torch.Tensor                # the test images
+    test_labels: torch.Tensor         # 0 normal, 1 abnormal
+    test_names: list[str]             # a path or an index, for scores.csv
+    test_masks: torch.Tensor | None   # ground truth, where the source has it
+
+
+class InMemoryImages(Dataset):
+    """uint8 images with labels and indices; `__getitems__` slices a whole batch at once. `masks`, where
+    ground truth exists: int8 N x S x S, 1 on defect pixels, 0 elsewhere, MASK_UNKNOWN for a defect
+    image without its mask (read by index at test: batches stay (images, labels, index))."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None = None):
+        self.images, self.labels, self.masks = images, labels, masks
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.labels[index], index
+
+    def __getitems__(self, indices: list[int]):
+        index = torch.as_tensor(indices, device=self.images.device)
+        return self.images[index], self.labels[index], index
+
+    def to(self, device: torch.device) -> "InMemoryImages":
+        """Images, labels and masks moved together (data.on_device), in place."""
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        self.masks = self.masks.to(device) if self.masks is not None else None
+        return self
+
+
+class EpochShuffle(Sampler):
+    """The training order of each epoch, drawn from `epoch_seed(seed, epoch())`, not from the global
+    generator: Lightning may start a resumed run's first loader before any epoch hook has run."""
+
+    def __init__(self, size: int, seed: int, epoch: Callable[[], int]):
+        self.size, self.seed, self.epoch = size, seed, epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch()))
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+class DeviceShuffledBatches:
+    """Training batches of a dataset held on the accelerator: each epoch's order is drawn there
+    (from `epoch_seed(seed, epoch)`, so a run is reproducible and resumable), split evenly across DDP ranks, and
+    the batches sliced there; no index crosses from the host."""
+
+    def __init__(self, dataset: InMemoryImages, batch_size: int, seed: int, epoch: Callable[[], int],
+                 rank: int = 0, world_size: int = 1):
+        self.dataset, self.batch_size, self.seed, self.epoch = dataset, batch_size, seed, epoch
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = len(dataset) // world_size
+
+    def __len__(self) -> int:  # drops a ragged last batch, as the host loader does
+        return max(self.per_rank // self.batch_size, 1)
+
+    def __iter__(self):
+        device = self.dataset.images.device
+        generator = torch.Generator(device=device).manual_seed(epoch_seed(self.seed, self.epoch()))
+        order = torch.randperm(len(self.dataset), device=device, generator=generator)
+        order = order[self.rank :: self.world_size][: self.per_rank]
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield self.dataset.images[index], self.dataset.labels[index], index
+
+
+def already_batched(batch):
+    """DataLoader collate for `InMemoryImages.__getitems__`, which returns a finished batch."""
+    return batch
+
+
+class AnomalyDataModule(L.LightningDataModule):
+    """Shared split logic: `load()` gives normal training images and a labelled test set.
+
+    A seeded `val_fraction` of the normal training images is held out as the validation split,
+    on which the score normalisation (and threshold) is fitted; it never sees test labels.
+    With `synthetic_val_defects`, the validation split also holds a copy of each of its images with
+    a defect painted on (defects.paint_defects; label 1, with its mask): every validation then
+    measures detection and the shortcut diagnostic on them, a way to choose settings without any real
+    test label. Only the unpainted images fit the normalisation and thresholds.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: int = 32,
+        channels: int = 3,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        val_fraction: float = 0.05,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        on_device: bool = False,
+        intensity: str = "none",
+        synthetic_val_defects: bool = False,
+    ):
+        super().__init__()
+        check_image_size(image_size)
+        if intensity not in INTENSITIES:  # checked here, for the data.* message; the model applies it (models.detector)
+            raise InputError(f"unknown data.intensity={intensity}; choose one of: {', '.join(INTENSITIES)}")
+        if channels not in (1, 3):
+            raise InputError(f"data.channels must be 1 (grey) or 3 (colour), got {channels}")
+        if not 0 <= val_fraction < 1:
+            raise InputError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        self.root = Path(root).expanduser() if root is not None else None
+        self.image_size, self.channels = image_size, channels
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
+        self.synthetic_val_defects = synthetic_val_defects
+        self.on_device = on_device  # keep the uint8 images on the accelerator: shuffled and sliced there, no copies
+        self.train_set: InMemoryImages | None = None
+
+    def load(self) -> LoadedData:
+        """The source's normal training images and its labelled test set."""
+        raise NotImplementedError(f"{type(self).__name__} must define load()")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.split()
+        if self.on_device and self.trainer is not None:
+            for dataset in (self.train_set, self.val_set, self.test_set):
+                dataset.to(self.trainer.strategy.root_device)
+
+    def split(self) -> None:
+        data = self.load()
+        generator = torch.Generator().manual_seed(self.split_seed)
+        order = torch.randperm(len(data.train), generator=generator)
+        n_val = math.floor(len(data.train) * self.val_fraction)
+        self.train_set = InMemoryImages(data.train[order[n_val:]], torch.zeros(len(data.train) - n_val, dtype=torch.long))
+        self.val_set = InMemoryImages(data.train[order[:n_val]], torch.zeros(n_val, dtype=torch.long))
+        if self.synthetic_val_defects:
+            self.val_set = with_painted_copies(self.val_set, self.split_seed)
+        test_order = torch.randperm(len(data.test), generator=generator)
+        masks = data.test_masks[test_order] if data.test_masks is not None else None
+        self.test_set = InMemoryImages(data.test[test_order], data.test_labels[test_order], masks)
+        self.test_names = [data.test_names[i] for i in test_order.tolist()]
+        log.info("split sizes: %s", self.split_sizes())
+
+    def intensity_reference(self) -> tuple[float, float]:
+        """The mean, over the normal training images, of each image's mean and of its standard
+        deviation, in [-1, 1]: what data.intensity=per_image maps every image to."""
+        moments = [image_moments(to_model_range(chunk)) for chunk in self.train_set.images.split(1024)]
+        return tuple(torch.cat(parts).mean().item() for parts in zip(*moments))
+
+    def split_sizes(self) -> dict[str, int]:
+        labels, painted = self.test_set.labels, int((self.val_set.labels == 1).sum())
+        return {
+            "n_train": len(self.train_set),
+            "n_val": len(self.val_set) - painted,
+            **({"n_val_painted": painted} if self.synthetic_val_defects else {}),
+            "n_test": len(self.test_set),
+            "n_test_normal": int((labels == 0).sum()),
+            "n_test_abnormal": int((labels == 1).sum()),
+        }
+
+    def _loader(self, dataset: InMemoryImages, batch_size: int, train: bool = False) -> DataLoader:
+        trainer = self.trainer
+        shuffle = train and trainer is not None  # with a trainer: each epoch's order from the run's seed and the epoch
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train and not shuffle,
+            sampler=EpochShuffle(len(dataset), torch.initial_seed(), lambda: trainer.current_epoch) if shuffle else None,
+            drop_last=train and len(dataset) > batch_size,  # a last batch of 1-2 images upsets BatchNorm
+            collate_fn=already_batched,
+            num_workers=self.num_workers,
+            generator=torch.Generator(),  # its own: starting a loader must not draw from the global generator
+        )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, torch.Tensor):  # the model summary's example input: already in [-1, 1]
+            return batch
+        images, labels, index = batch
+        return to_model_range(images), labels, index  # on the device: the host only slices uint8
+
+    def train_dataloader(self) -> DataLoader | DeviceShuffledBatches:
+        if self.on_device and self.trainer is not None:
+            trainer = self.trainer
+            return DeviceShuffledBatches(self.train_set, self.batch_size, seed=torch.initial_seed(),  # the run's seed, as set by train.py
+                                         epoch=lambda: trainer.current_epoch, rank=trainer.global_rank,
+                                         world_size=trainer.world_size)
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, self.eval_batch_size) if len(self.val_set) else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size)
+
+
+def with_painted_copies(normal: InMemoryImages, seed: int) -> InMemoryImages:
+    """The normal images and a copy of each with a painted defect (label 1, its mask), in a seeded order
+    that mixes the two, so that `limit_val_batches` draws from both."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    painted, masks = paint_defects(normal.images, generator)
+    images, labels = labelled(normal.images, painted)
+    all_masks = torch.cat([torch.zeros_like(masks), masks])
+    order = torch.randperm(len(images), generator=generator)
+    return InMemoryImages(images[order], labels[order], all_masks[order])
+
+
+def labelled(normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.cat([normal, abnormal])
+    labels = torch.cat([torch.zeros(len(normal), dtype=torch.long), torch.ones(len(abnormal), dtype=torch.long)])
+    return images, labels
