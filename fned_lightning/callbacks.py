@@ -9,38 +9,54 @@ import lightning as L
 import torch
 
 from fned_lightning.data.base import to_model_range
+from fned_lightning.errors import InputError
 from fned_lightning.networks.layers import to_channels_last
 from fned_lightning.scoring import defect_residual_ratio, ranking_metrics
 
 log = logging.getLogger(__name__)
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device: a clock read after queued GPU work would time the queueing, not the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class Throughput(L.Callback):
     """Images per second from the first batch to the last (data, steps and logging included, the
     validation after a training epoch not). Logs `perf/train_images_per_s` (the last epoch) and
-    `perf/test_images_per_s`."""
+    `perf/test_images_per_s`. It waits for the device at the start and the end of each loop only."""
 
     def __init__(self):
         self._start = self._end = 0.0
         self._images = 0
 
-    def _begin(self, *_):
+    def _begin(self, trainer, pl_module):
+        sync(pl_module.device)
         self._start, self._images = time.perf_counter(), 0
 
-    def _count(self, trainer, pl_module, outputs, batch, *_):
-        self._images += len(batch[0])
+    def _stop(self, pl_module):
+        sync(pl_module.device)
         self._end = time.perf_counter()
 
     def _rate(self) -> float:
         return self._images / max(self._end - self._start, 1e-9)
 
     on_train_epoch_start = on_test_epoch_start = _begin
-    on_train_batch_end = on_test_batch_end = _count
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._images += len(batch[0])
+        if batch_idx + 1 >= trainer.num_training_batches:  # the last: the clock stops before validation starts
+            self._stop(pl_module)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._images += len(batch[0])
 
     def on_train_epoch_end(self, trainer, pl_module):
         pl_module.log("perf/train_images_per_s", self._rate())
 
     def on_test_epoch_end(self, trainer, pl_module):
+        self._stop(pl_module)
         pl_module.log("perf/test_images_per_s", self._rate())
 
 
@@ -101,7 +117,9 @@ class PaperProtocol(L.Callback):
         """The test AUROC, and the defect residual ratio (NaN without masks), scored as the paper scored."""
         was_training, buffers = pl_module.training, {k: v.clone() for k, v in pl_module.named_buffers()}
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # a DataLoader draws a seed from the global generator
+        # in the trainer's precision (bf16 autocast under bf16-mixed), as the final paper test scores
+        with torch.random.fork_rng(devices=devices), trainer.precision_plugin.forward_context():
+            # (fork_rng: a DataLoader draws a seed from the global generator)
             pl_module.train()  # BatchNorm on batch statistics, as the anchors evaluated
             loader = trainer.datamodule.test_dataloader()
             limit = trainer.limit_test_batches
@@ -113,7 +131,7 @@ class PaperProtocol(L.Callback):
             for images, batch_labels, index in itertools.islice(loader, n_batches):
                 detection = pl_module(to_model_range(images.to(pl_module.device)))
                 scores.append(detection.scores.cpu())
-                labels.append(batch_labels)
+                labels.append(batch_labels.cpu())
                 if masks is not None:
                     residuals.append(detection.residuals.cpu())
                     indices.append(index.cpu())
@@ -121,7 +139,7 @@ class PaperProtocol(L.Callback):
             buffer.copy_(buffers[name])  # training mode moved BatchNorm's running statistics: put them back
         pl_module.train(was_training)
         auroc = ranking_metrics(torch.cat(scores), torch.cat(labels))["auroc"]
-        ratio = defect_residual_ratio(torch.cat(residuals), masks[torch.cat(indices)]) if residuals else math.nan
+        ratio = defect_residual_ratio(torch.cat(residuals), masks[torch.cat(indices).to(masks.device)].cpu()) if residuals else math.nan
         return -math.inf if math.isnan(auroc) else auroc, ratio
 
 
@@ -131,15 +149,33 @@ def state_copy(module, device=None) -> dict[str, torch.Tensor]:
 
 class Speedups(L.Callback):
     """Options that change speed, not results: channels_last weights (the layout tensor cores want,
-    and faster with oneDNN on CPU too) and `torch.compile` of each network, in place so
-    checkpoints keep their keys."""
+    and faster with oneDNN on CPU too), `torch.compile` of each network (in place, so checkpoints
+    keep their keys), cuDNN's autotuner (`cudnn_benchmark`: the shapes stay fixed) and TF32 for
+    float32 matrix products (`matmul_precision="high"`). A model's `not_compiled` names the networks
+    that cannot be compiled (f-AnoGAN's critic: its gradient penalty needs a double backward)."""
 
-    def __init__(self, channels_last: bool = False, compile: bool = False):
+    def __init__(self, channels_last: bool = False, compile: bool = False, cudnn_benchmark: bool = False,
+                 matmul_precision: str | None = None):
+        if matmul_precision not in (None, "highest", "high", "medium"):
+            raise InputError(f"callbacks.speedups.matmul_precision={matmul_precision}; choose highest, high or medium (or null)")
         self.channels_last, self.compile = channels_last, compile
+        self.cudnn_benchmark, self.matmul_precision = cudnn_benchmark, matmul_precision
+        self._done = False
 
     def setup(self, trainer, pl_module, stage):
+        if self._done:  # setup runs for fit and for every test: compile once
+            return
+        self._done = True
+        if self.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
+        if self.matmul_precision:
+            torch.set_float32_matmul_precision(self.matmul_precision)
         if self.channels_last:
             to_channels_last(pl_module)
         if self.compile:
-            for network in pl_module.children():
+            left_out = getattr(pl_module, "not_compiled", ())
+            for name, network in pl_module.named_children():
+                if name in left_out:
+                    log.info("callbacks.speedups.compile: %s is left uncompiled (%s)", name, type(pl_module).__name__)
+                    continue
                 network.compile()

@@ -213,3 +213,18 @@ def test_a_folder_of_unreadable_types_names_what_it_found_and_what_it_reads(tmp_
     (tmp_path / "train/good/0001.raw").write_bytes(b"\0" * 16)
     with pytest.raises(InputError, match=r"found only \.raw files; readable: \.png, \.jpg, \.bmp, \.tif"):
         ImageFolderAnomaly(root=str(tmp_path), image_size=32).setup("fit")
+
+
+def test_on_device_moves_every_tensor_of_every_split_together():
+    """data.on_device: images, labels and masks of each split go to the device in one place (the meta
+    device stands in for a GPU); masks left on the host crashed GPU runs on data with masks."""
+    from types import SimpleNamespace
+
+    module = SyntheticParts(n_train=40, n_test_normal=4, n_test_abnormal=4, image_size=16, channels=1, val_fraction=0.2,
+                            on_device=True, synthetic_val_defects=True)
+    module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
+    module.setup("fit")
+    for split in (module.train_set, module.val_set, module.test_set):
+        tensors = [split.images, split.labels] + ([split.masks] if split.masks is not None else [])
+        assert all(t.device.type == "meta" for t in tensors)
+    assert module.val_set.masks is not None and module.test_set.masks is not None

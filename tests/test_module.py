@@ -62,6 +62,33 @@ def test_discriminator_is_reinitialised_when_its_loss_collapsed_at_the_next_chec
     assert bool(model.d_collapsed) == (collapse_loss > 1 and not reinit)  # pending until the next check
 
 
+class DrawsBeforeEachStep(L.Callback):
+    """Draws from the global generator: a rank (or a resumed run) whose other draws differ."""
+
+    def __init__(self, draws: int):
+        self.draws = draws
+
+    def on_train_batch_start(self, *_):
+        torch.rand(self.draws)
+
+
+def discriminator_after_two_batches(monkeypatch, draws: int, other_rank_collapsed: bool) -> dict:
+    L.seed_everything(0)
+    model = tiny_model(d_collapse_loss=-1.0, d_collapse_check_interval=2)  # never collapses on this rank
+    if other_rank_collapsed:  # what all_gather brings back from a 2-rank run where the other rank's D collapsed
+        monkeypatch.setattr(model, "all_gather", lambda flag: torch.stack([flag, torch.ones_like(flag)]))
+    fit(model, max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=[DrawsBeforeEachStep(draws)])
+    return {k: v.clone() for k, v in model.discriminator.state_dict().items()}
+
+
+def test_a_collapse_on_another_rank_restarts_this_ranks_discriminator_with_the_same_weights(monkeypatch):
+    restarted = [discriminator_after_two_batches(monkeypatch, draws, other_rank_collapsed=True) for draws in (1, 7)]
+    kept = discriminator_after_two_batches(monkeypatch, 1, other_rank_collapsed=False)
+    assert not torch.equal(restarted[0]["features.0.weight"], kept["features.0.weight"])  # restarted at the check
+    for name, value in restarted[0].items():  # the same weights whatever else the rank drew
+        assert torch.equal(value, restarted[1][name]), name
+
+
 def test_schedule_is_constant_then_linear_decay():
     factors = [constant_then_linear_decay(e, total_epochs=15, decay_epochs=8) for e in range(15)]
     assert factors[:7] == [1.0] * 7

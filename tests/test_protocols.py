@@ -113,9 +113,11 @@ def test_paper_protocol_tests_the_weights_of_the_best_epoch_not_the_last():
     assert same(weights.tested, weights.epochs[1])
 
 
-def test_paper_protocol_run_is_labelled_and_reports_the_best_logged_epoch_and_its_auroc(tmp_path):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # bf16: the per-epoch passes in the trainer's precision too
+def test_paper_protocol_run_is_labelled_and_reports_the_best_logged_epoch_and_its_auroc(tmp_path, precision):
     synthetic = ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
-    done = run_cli(*TINY, *synthetic, "trainer.max_epochs=3", "protocol=paper", tmp_path=tmp_path)
+    done = run_cli(*TINY, *synthetic, "trainer.max_epochs=3", "protocol=paper", f"trainer.precision={precision}",
+                   tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -194,3 +196,18 @@ def test_both_protocols_from_one_run_match_an_honest_run_and_a_paper_run(tmp_pat
     for name in ("auroc", "auprc", "f1", "precision", "recall", "tested_epoch"):
         assert both[f"paper_{name}"] == metrics["paper"][name], name
     assert both["tested_epoch"] == 2
+
+
+def test_speedups_compile_each_network_once_and_leave_out_what_cannot_be_compiled(monkeypatch):
+    from fned_lightning.callbacks import Speedups
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    for name, left_out in (("fned", set()), ("fanogan", {"critic"})):
+        compiled.clear()
+        model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name]).model)
+        speedups = Speedups(compile=True)
+        for stage in ("fit", "test", "test"):  # protocol=both tests twice
+            speedups.setup(None, model, stage)
+        expected = [network for child, network in model.named_children() if child not in left_out]
+        assert compiled == expected

@@ -185,12 +185,16 @@ def test_a_test_folder_without_abnormal_images_reports_undefined_auroc(tmp_path,
     assert metrics["auroc"] is None and metrics["n_test_abnormal"] == 0
 
 
-@pytest.mark.parametrize("on_device", [False, True])  # Lightning's distributed sampler, or our own split of each epoch
-def test_ddp_on_two_cpu_processes_scores_each_test_image_once(tmp_path, on_device):
+@pytest.mark.parametrize("on_device,collapse", [(False, False), (True, False), (False, True)])
+def test_ddp_on_two_cpu_processes_scores_each_test_image_once(tmp_path, on_device, collapse):
+    """on_device: Lightning's distributed sampler, or our own split of each epoch; collapse: D "collapses"
+    at every batch, and the ranks decide together to restart it (a collective at every look)."""
+    restart = ["model.d_collapse_loss=1e9", "model.d_collapse_check_interval=1"] if collapse else []
     done = run_cli(*TINY, *SYNTHETIC, "data.n_test_normal=9", "trainer.max_epochs=1", "trainer.accelerator=cpu",
                    "trainer.devices=2", "trainer.strategy=ddp_find_unused_parameters_true", f"data.on_device={on_device}",
-                   tmp_path=tmp_path)
+                   *restart, tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert not collapse or "discriminator collapsed" in done.stdout + done.stderr
     _, metrics, rows = results(tmp_path)
     assert metrics["n_test"] == metrics["n_scored"] == len(rows) == 17  # 17 over 2 ranks: one padded repeat dropped
     assert len({row["name"] for row in rows}) == 17
@@ -249,3 +253,18 @@ def test_every_experiment_composes_and_builds_its_model(experiment):
     for group in ("data", "model", "trainer"):
         check_options(cfg[group], group)
     instantiate(cfg.model)  # the model checks its own settings (remedies, protocol, scores)
+
+
+def test_the_gpu_experiments_share_one_set_of_gpu_settings():
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    gpu = compose_config("experiment=gpu", "anomaly_class=horse")
+    assert gpu.trainer.precision == "bf16-mixed" and gpu.data.on_device and gpu.callbacks.progress_bar.refresh_rate == 50
+    assert gpu.callbacks.speedups.cudnn_benchmark and gpu.callbacks.speedups.matmul_precision == "high"
+    for experiment in ("cifar10_gpu", "cifar10_paper"):
+        cfg = compose_config(f"experiment={experiment}", "anomaly_class=horse")
+        for key in ("data.on_device", "data.eval_batch_size", "trainer.accelerator", "trainer.precision",
+                    "callbacks.speedups", "callbacks.progress_bar"):
+            assert OmegaConf.select(cfg, key) == OmegaConf.select(gpu, key), (experiment, key)

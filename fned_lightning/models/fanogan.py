@@ -15,6 +15,8 @@ class FAnoGAN(AnomalyDetector):
     RMSprop) for the last `encoder_fraction`, with G and the critic frozen and in eval() mode.
     Score: the same two terms, per image."""
 
+    not_compiled = ("critic",)  # callbacks.Speedups: its gradient penalty needs a double backward, which torch.compile lacks
+
     def __init__(
         self,
         generator: dict,

@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from fned_lightning.defects import check_corruption, corrupt
 from fned_lightning.models.detector import AnomalyDetector
 from fned_lightning.networks.dcgan import dcgan_init
+from fned_lightning.seeding import epoch_seed
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +113,27 @@ class AnomalyGAN(AnomalyDetector):
         collapsed = loss_d.detach() < self.hparams.d_collapse_loss
         self.d_collapsed |= collapsed
         # Reading the flag on the host waits for the device, so it is read every few batches only.
-        if (batch_idx + 1) % self.hparams.d_collapse_check_interval == 0 and self.d_collapsed.item():
+        if (batch_idx + 1) % self.hparams.d_collapse_check_interval == 0 and self.collapsed_on_any_rank():
             # D won outright and G gets no gradient from it: restart D (the anchors' rule)
-            self.discriminator.apply(dcgan_init)
+            self.reinitialise_discriminator(batch_idx)
             self.d_collapsed.zero_()
             log.info("discriminator collapsed (loss_d < %g) by batch %d: re-initialised", self.hparams.d_collapse_loss, batch_idx)
         self.log_dict({f"train/loss_{name}": loss for name, loss in losses.items()})
         self.log_dict({"train/loss_g": loss_g, "train/loss_d": loss_d, "train/d_collapsed": collapsed.float()})
         self.log_dict({"loss_g": loss_g, "loss_d": loss_d}, prog_bar=True, logger=False)
+
+    def collapsed_on_any_rank(self) -> bool:
+        """Under DDP every rank must restart D together, or their copies drift apart (DDP averages
+        gradients and broadcasts buffers, never parameters): the decision is taken over all ranks."""
+        return bool(self.all_gather(self.d_collapsed).any())
+
+    def reinitialise_discriminator(self, batch_idx: int) -> None:
+        """DCGAN's initialisation, drawn from the run's seed, the epoch and the batch alone: the same
+        weights on every rank, and on a resumed run, whatever else each rank has drawn."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(epoch_seed(self.run_seed, self.current_epoch) + batch_idx + 1)
+            self.discriminator.apply(dcgan_init)
 
     def configure_optimizers(self):
         hp = self.hparams
