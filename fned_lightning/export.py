@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from fned_lightning.errors import InputError, exit_on_input_error
+from fned_lightning.errors import InputError, exit_on_input_error, run_hydra_cli
 from fned_lightning.predict import decision_rule, load_detector
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,17 @@ def export(cfg: DictConfig) -> Path:
     example = torch.rand(2, info["channels"], info["image_size"], info["image_size"])
     ckpt = Path(cfg.ckpt_path).expanduser()
     output = Path(cfg.output).expanduser() if cfg.output else ckpt.with_name(ckpt.stem + FORMATS[cfg.format])
-    output.parent.mkdir(parents=True, exist_ok=True)
+    existed = output.exists()
+    try:  # writable? torch's exporters would fail deep inside, with long traces
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "ab"):
+            pass
+    except OSError as error:
+        blocked = next((parent for parent in output.parents if parent.is_file()), None)
+        why = f"{blocked} is a file" if blocked else error.strerror
+        raise InputError(f"cannot write to output={output} ({why}); choose a folder you can write to") from None
+    if not existed:
+        output.unlink()
     write(wrapper, example, output, cfg.format, cfg.opset)
     sidecar = {
         "input": f"float images in [0, 1], N x {info['channels']} x {info['image_size']} x {info['image_size']}",
@@ -97,4 +107,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_cli(main, "export")

@@ -68,18 +68,19 @@ def reconstruction_grid(groups: dict[str, tuple[torch.Tensor, torch.Tensor]], pa
     return path
 
 
-def anomaly_map_grid(images: torch.Tensor, masks: torch.Tensor | None, maps: torch.Tensor, labels: torch.Tensor,
+def anomaly_map_grid(images: torch.Tensor, masks: torch.Tensor | None, maps: torch.Tensor, titles: list[str],
                      pixel_threshold: float, path: Path, title: str) -> Path:
-    """A column per test image: the image ([-1, 1]), its ground-truth mask (where the data has masks;
-    grey where unknown) and its anomaly map, all maps on one colour scale (their min to max), the
-    pixel threshold outlined in white."""
+    """A column per test image, titled by `titles` (its class or defect folder): the image ([-1, 1], in
+    colour where it has three channels), its ground-truth mask (where the data has masks; grey where
+    unknown) and its anomaly map, all maps on one colour scale (their min to max), the pixel threshold
+    outlined in white."""
     rows = ["image", "ground truth", "anomaly map"] if masks is not None else ["image", "anomaly map"]
     columns = len(images)
     fig, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns + 1, 1.2 * len(rows) + 0.5), squeeze=False,
                              layout="constrained")
     low, high = maps.min().item(), maps.max().item()
     for j in range(columns):
-        shown = [images[j].float().mean(0) * 0.5 + 0.5]
+        shown = [(images[j].float() * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 0).squeeze(-1)]  # H x W x 3, or H x W grey
         if masks is not None:
             shown.append(torch.where(masks[j] < 0, 0.5, masks[j].float()))  # unknown (MASK_UNKNOWN) drawn mid-grey
         for i, picture in enumerate(shown):
@@ -88,7 +89,7 @@ def anomaly_map_grid(images: torch.Tensor, masks: torch.Tensor | None, maps: tor
                                   interpolation="nearest")
         if math.isfinite(pixel_threshold) and (maps[j] > pixel_threshold).any():
             axes[-1, j].contour((maps[j] > pixel_threshold).float().numpy(), levels=[0.5], colors="white", linewidths=0.8)
-        axes[0, j].set_title("defect" if labels[j] else "normal", fontsize=8)
+        axes[0, j].set_title(titles[j], fontsize=8)
     for i, name in enumerate(rows):
         axes[i, 0].set_ylabel(name, fontsize=8)
     for ax in axes.flat:

@@ -32,14 +32,14 @@ from rich.progress import track
 from torchvision.io import write_png
 from torchvision.transforms.v2.functional import resize
 
+from fned_lightning.checkpoints import MOVED, read_checkpoint
 from fned_lightning.data.base import to_model_range
 from fned_lightning.data.images import IMAGE_SUFFIXES, READABLE, read_image, suffixes_of
-from fned_lightning.errors import InputError, exit_on_input_error
+from fned_lightning.errors import InputError, exit_on_input_error, run_hydra_cli
 from fned_lightning.networks.layers import to_channels_last
 
 log = logging.getLogger(__name__)
 DECISIONS = ("calibrated", "paper")
-MOVED = {"fned_lightning.models.fned.AnomalyGAN": "fned_lightning.models.fned.FNED"}  # FNED's class before it had its own
 
 
 def load_detector(ckpt_path: str | Path, device: str | torch.device = "cpu"):
@@ -47,10 +47,7 @@ def load_detector(ckpt_path: str | Path, device: str | torch.device = "cpu"):
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}; pass the checkpoints/last.ckpt that a train run wrote")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise InputError(f"cannot read checkpoint {path}: {error}") from error
+    checkpoint = read_checkpoint(path)
     info = checkpoint.get("fned_lightning") if isinstance(checkpoint, dict) else None
     if info is None:
         raise InputError(f"{path} is not a fned_lightning checkpoint; pass the checkpoints/last.ckpt that a train run wrote")
@@ -99,23 +96,30 @@ def decision_rule(model, decision: str) -> tuple[float, str]:
     return raw, f"normalised score > {model.threshold} (raw score > {raw:.6g})"
 
 
+OVERLAY_SIDE = 320  # pixels: a small input is drawn larger (each of its pixels a block), so the scale's labels fit
+
+
 def write_overlay(image: torch.Tensor, anomaly_map: torch.Tensor, scale: float, pixel_threshold: float, path: Path) -> None:
     """The input (uint8 CxHxW, in grey) with its anomaly map (HxW, the same size) in the jet colours over
-    it, pixel for pixel, and a colour scale beside it on which the pixel threshold is marked."""
+    it, pixel for pixel, and a colour scale beside it on which the pixel threshold is marked. An input
+    under OVERLAY_SIDE pixels a side is drawn an integer number of times larger, so a person can read it."""
     height, width = anomaly_map.shape
+    zoom = max(1, math.ceil(OVERLAY_SIDE / min(height, width)))
+    shown_height, shown_width = height * zoom, width * zoom
     grey = image.float().mean(0, keepdim=True).permute(1, 2, 0).div(255).numpy()
     heat = matplotlib.colormaps["jet"]((anomaly_map / scale).clamp(0, 1).numpy())[..., :3]
-    bar, dpi = max(width // 5, 72), 100  # the scale's strip, in pixels: room for its labels
-    fig = plt.figure(figsize=((width + bar) / dpi, height / dpi), dpi=dpi)
-    image_axes = fig.add_axes((0, 0, width / (width + bar), 1))
+    bar, dpi = max(shown_width // 4, 120), 100  # the scale's strip, in pixels: room for its labels
+    font = max(7, min(11, shown_height // 30))
+    fig = plt.figure(figsize=((shown_width + bar) / dpi, shown_height / dpi), dpi=dpi)
+    image_axes = fig.add_axes((0, 0, shown_width / (shown_width + bar), 1))
     image_axes.imshow(0.55 * grey + 0.45 * heat, interpolation="nearest", aspect="auto")
     image_axes.set_axis_off()
-    scale_axes = fig.add_axes(((width + 0.12 * bar) / (width + bar), 0.05, 0.18 * bar / (width + bar), 0.9))
+    scale_axes = fig.add_axes(((shown_width + 0.1 * bar) / (shown_width + bar), 0.05, 0.15 * bar / (shown_width + bar), 0.9))
     colours = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, scale), cmap="jet")
     colour_bar = fig.colorbar(colours, cax=scale_axes)
     colour_bar.ax.axhline(min(pixel_threshold, scale), color="white", linewidth=2)
-    colour_bar.ax.tick_params(labelsize=max(5, min(10, height // 24)))
-    colour_bar.set_label("anomaly map (line: threshold)", fontsize=max(5, min(10, height // 24)))
+    colour_bar.ax.tick_params(labelsize=font)
+    colour_bar.set_label("anomaly map (line: threshold)", fontsize=font)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
@@ -224,4 +228,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_cli(main, "predict")

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 from omegaconf import OmegaConf
 
 from fned_lightning.data.cifar10 import CIFAR10_CLASSES
+from fned_lightning.errors import InputError, fail
 
 MODELS = {"fanogan": "f-AnoGAN", "ganomaly": "GANomaly", "skip_ganomaly": "Skip-GANomaly", "fned": "FNED"}  # the paper's order
 SHORT_NAMES = {"airplane": "plane", "automobile": "car"}
@@ -282,7 +283,8 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
     runs, failed = collect(roots)
     if not runs and not failed:
-        raise SystemExit(f"no runs under {', '.join(map(str, roots))}: expected folders with .hydra/ and metrics.json")
+        raise InputError(f"no runs under {', '.join(map(str, roots))}: expected run folders holding .hydra/ and metrics.json "
+                         f"(a train run's or a multirun's folder)")
     out.mkdir(parents=True, exist_ok=True)
     sections, figures, tables = [], [], {}
     protocols = sorted({run.get("protocol", "honest") for run in runs})
@@ -353,8 +355,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for root in args.runs:
         if not root.is_dir():
-            parser.error(f"no such folder: {root}")
-    print(report(args.runs, args.out or args.runs[0] / "report", args.wandb))
+            fail(f"no such folder: {root}; give run or multirun folders (each holding .hydra/ and metrics.json)")
+    try:
+        print(report(args.runs, args.out or args.runs[0] / "report", args.wandb))
+    except InputError as error:
+        fail(str(error))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
@@ -22,10 +21,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fned_lightning.callbacks import PaperProtocol
+from fned_lightning.checkpoints import MOVED, read_checkpoint
 from fned_lightning.data.base import to_model_range
-from fned_lightning.errors import InputError, check_options, input_error_in
+from fned_lightning.errors import InputError, check_number, check_options, fail, input_error_in, run_hydra_cli
 from fned_lightning.figures import anomaly_map_grid, reconstruction_grid, roc_and_pr_curves, score_histogram
-from fned_lightning.loggers import hide_lightning_tips
+from fned_lightning.loggers import hide_lightning_tips, run_id
 from fned_lightning.models.detector import PROTOCOLS
 from fned_lightning.scoring import min_max_normalise
 
@@ -42,6 +42,7 @@ def data_name(anomaly_class: str | None, root: str | None, source: str) -> str:
 
 
 OmegaConf.register_new_resolver("data_name", data_name, replace=True)
+OmegaConf.register_new_resolver("wandb_run_id", run_id, replace=True)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -51,14 +52,22 @@ def train(cfg: DictConfig) -> dict:
     if (output_dir / "metrics.json").exists():  # a rerun (or Slurm requeue) of a finished run: results stay as written
         log.info("this run has finished already; its results are in %s", output_dir)
         return json.loads((output_dir / "metrics.json").read_text())
-    ckpt_path = resume_from(cfg)
+    check_number("seed", cfg.seed, 0, 2**32 - 1, integer=True)
+    check_number("trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True)  # Lightning's -1 (no end) has no schedule to follow
     for group in ("data", "model", "trainer"):
         check_options(cfg[group], group)
-    L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resume_from(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # read the data first: bad paths and images fail before any model is built
     model = instantiate(cfg.model)
+    model.check_epochs(cfg.trainer.max_epochs)
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values()]
+    if ckpt_path is not None:  # a resumed run: its log goes on from the epochs the checkpoint holds
+        epochs_done = read_checkpoint(Path(ckpt_path))["epoch"] + 1  # saved at the end of that (0-based) epoch
+        for logger in loggers:
+            if hasattr(logger, "keep_epochs_before"):
+                logger.keep_epochs_before(epochs_done)
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     paper = PaperProtocol() if cfg.protocol in ("paper", "both") else None
     callbacks += [paper] if paper else []
@@ -94,12 +103,40 @@ def resume_from(cfg: DictConfig) -> str | None:
     if cfg.ckpt_path is not None:
         if not Path(cfg.ckpt_path).is_file():
             raise InputError(f"no checkpoint at ckpt_path={cfg.ckpt_path}; give a run's checkpoints/last.ckpt")
+        check_resumable(Path(cfg.ckpt_path), cfg)
         return str(cfg.ckpt_path)
     last = Path(cfg.output_dir, "checkpoints", "last.ckpt")
-    if last.is_file():
-        log.info("resuming from %s", last)
-        return str(last)
-    return None
+    if not last.is_file():
+        return None
+    log.info("resuming from %s", last)
+    check_resumable(last, cfg)
+    return str(last)
+
+
+MOVED_FROM = {new: (old,) for old, new in MOVED.items()}
+
+
+def check_resumable(ckpt_path: Path, cfg: DictConfig) -> None:
+    """A checkpoint this run can go on from: the same model, image size, channels and networks; what
+    differs is named."""
+    checkpoint = read_checkpoint(ckpt_path)
+    info, saved = checkpoint.get("fned_lightning") or {}, checkpoint.get("hyper_parameters") or {}
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    differences = []
+    if info.get("model_target", cfg.model._target_) not in (cfg.model._target_, *MOVED_FROM.get(cfg.model._target_, ())):
+        saved = {}  # another model: its networks' settings say nothing more
+        differences.append(f"the model ({info['model_target'].rsplit('.', 1)[-1]} there, {cfg.model._target_.rsplit('.', 1)[-1]} here)")
+    for key in ("image_size", "channels"):
+        if key in info and info[key] != cfg.data[key]:
+            differences.append(f"data.{key} ({info[key]} there, {cfg.data[key]} here)")
+    for network, config in model.items():  # each network's settings (widths, latent sizes, levels)
+        if isinstance(config, dict) and "_target_" in config and isinstance(saved.get(network), dict):
+            for key in sorted(set(config) | set(saved[network])):
+                if key not in ("image_size", "channels") and config.get(key) != saved[network].get(key):
+                    differences.append(f"model.{network}.{key} ({saved[network].get(key)} there, {config.get(key)} here)")
+    if differences:
+        raise InputError(f"cannot resume from {ckpt_path}: it was trained with other settings: {'; '.join(differences)}. "
+                         f"Resume with the settings it was trained with, or start a new run folder (hydra.run.dir=...)")
 
 
 def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule) -> dict:
@@ -174,9 +211,17 @@ def write_figures(output_dir: Path, metrics: dict, model, datamodule, per_class:
     groups = {name: (x[i * count : (i + 1) * count], x_fake[i * count : (i + 1) * count]) for i, name in enumerate(names)}
     paths.append(reconstruction_grid(groups, folder / "reconstructions.png", title))
     masks = test.masks[chosen].cpu() if test.masks is not None else None
-    paths.append(anomaly_map_grid(x, masks, maps, test.labels[chosen].cpu(), model.pixel_threshold.item(),
+    titles = [column_title(datamodule.test_names[i], int(label)) for i, label in zip(chosen.tolist(), test.labels[chosen].tolist())]
+    paths.append(anomaly_map_grid(x, masks, maps, titles, model.pixel_threshold.item(),
                                   folder / "anomaly_maps.png", title))
     return [p for p in paths if p is not None]
+
+
+def column_title(name: str, label: int) -> str:
+    """A test image's class or defect, from its name (test/cat/0001.jpg, test/scratch/003.png,
+    synthetic/defect/0007); its label where the name holds neither."""
+    folder = Path(name).parent.name
+    return folder if folder and folder not in ("train", "test") else ("anomaly" if label else "normal")
 
 
 HYDRA_OWN = {".hydra", "train.log"}  # what Hydra writes into a run folder before the run starts
@@ -195,12 +240,11 @@ def main(cfg: DictConfig) -> None:
             (output_dir / "failed.txt").write_text(f"{type(error).__name__}: {error}\n")  # for the report
         if user_error is None:
             raise
-        log.error("%s", user_error)
         if multirun:
             raise user_error from None  # marks this job failed; the sweep's other jobs still run
         if made_for_this_run:  # a mistyped command: leave no run folder for the report to count
             remove_run_folder(output_dir)
-        sys.exit(2)
+        fail(str(user_error))
 
 
 def remove_run_folder(output_dir: Path) -> None:
@@ -214,4 +258,4 @@ def remove_run_folder(output_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_cli(main, "train")

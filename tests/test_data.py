@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision.io import write_png
@@ -228,3 +230,29 @@ def test_on_device_moves_every_tensor_of_every_split_together():
         tensors = [split.images, split.labels] + ([split.masks] if split.masks is not None else [])
         assert all(t.device.type == "meta" for t in tensors)
     assert module.val_set.masks is not None and module.test_set.masks is not None
+
+
+def test_a_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """`make train DATA=/nowhere/cifar10` offline: torchvision makes the folder, then cannot download."""
+    import torchvision.datasets
+
+    def offline(root, train, download):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("no internet")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(InputError, match="no CIFAR-10 at data.root="):
+        CIFAR10OneClass(root=str(tmp_path / "nowhere" / "cifar10"), anomaly_class="horse", download=True).setup("fit")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_images_far_smaller_than_the_image_size_are_named_in_a_warning(tmp_path, caplog):
+    folder = tmp_path / "train" / "good"
+    folder.mkdir(parents=True)
+    for i, side in enumerate((1, 3, 64, 64)):
+        write_png(torch.full((1, side, side), 128, dtype=torch.uint8), str(folder / f"{i}.png"))
+    from fned_lightning.data.images import load_images
+
+    images = load_images(sorted(folder.iterdir()), channels=1, image_size=64)
+    assert images.shape == (4, 1, 64, 64)
+    assert "2 of 4 images" in caplog.text and "far smaller than data.image_size=64 (the smallest 1 x 1)" in caplog.text

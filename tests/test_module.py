@@ -142,7 +142,7 @@ def test_the_map_max_image_score_is_each_maps_maximum_and_the_papers_score_is_ke
 
 
 @pytest.mark.parametrize("hparams,message", [({"image_score": "mean"}, "choose one of: paper, map_max"),
-                                             ({"map_sigma": -1}, "map_sigma must be >= 0")])
+                                             ({"map_sigma": -1}, "model.map_sigma must be a number >= 0, got -1")])
 def test_bad_map_settings_are_refused(hparams, message):
     with pytest.raises(InputError, match=message):
         tiny_model(**hparams)

@@ -200,7 +200,8 @@ def test_overlays_and_masks_are_at_each_inputs_own_resolution(checkpoint, parts,
         mask = Image.open(tmp_path / "out" / "masks" / f"{name}.png")
         assert mask.size == own_size and set(np.unique(np.asarray(mask))) <= {0, 255}
         overlay = Image.open(tmp_path / "out" / "overlays" / f"{name}.png")
-        assert overlay.size[1] == own_size[1] and overlay.size[0] > own_size[0]  # the image, and its colour scale beside it
+        zoom = -(-320 // min(own_size))  # drawn a whole number of times larger, to a readable size
+        assert overlay.size[1] == own_size[1] * zoom and overlay.size[0] > own_size[0] * zoom + 100  # the image and its scale
     # the mask is the map above the checkpoint's pixel threshold: an image whose map is above it somewhere has white pixels
     summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert summary["pixel_threshold"] == pytest.approx(model.pixel_threshold.item()) and rows

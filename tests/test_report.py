@@ -71,9 +71,10 @@ def test_a_both_run_gives_an_honest_row_a_paper_row_and_their_gap(tmp_path):
     assert "2 finished, 0 failed" in (runs / "report" / "tables.md").read_text()
 
 
-def test_empty_folder_is_reported(tmp_path):
-    with pytest.raises(SystemExit, match="no runs under"):
+def test_empty_folder_is_reported(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
         report_main([str(tmp_path), "--wandb", "off"])
+    assert exit.value.code == 2 and "no runs under" in capsys.readouterr().err
 
 
 def test_runs_with_masks_get_a_localisation_table_beside_table_3(tmp_path):

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fned_lightning.defects import paint_defects
-from fned_lightning.errors import InputError, check_image_size
+from fned_lightning.errors import InputError, check_image_size, check_number
 from fned_lightning.models.intensity import INTENSITIES, image_moments
 from fned_lightning.seeding import epoch_seed
 
@@ -134,7 +134,12 @@ class AnomalyDataModule(L.LightningDataModule):
         synthetic_val_defects: bool = False,
     ):
         super().__init__()
+        check_number("data.image_size", image_size, 1, integer=True)
         check_image_size(image_size)
+        check_number("data.batch_size", batch_size, 1, integer=True)
+        check_number("data.eval_batch_size", eval_batch_size, 1, integer=True)
+        check_number("data.num_workers", num_workers, 0, integer=True)
+        check_number("data.split_seed", split_seed, 0, 2**63 - 1, integer=True)
         if intensity not in INTENSITIES:  # checked here, for the data.* message; the model applies it (models.detector)
             raise InputError(f"unknown data.intensity={intensity}; choose one of: {', '.join(INTENSITIES)}")
         if channels not in (1, 3):
@@ -142,6 +147,8 @@ class AnomalyDataModule(L.LightningDataModule):
         if not 0 <= val_fraction < 1:
             raise InputError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         self.root = Path(root).expanduser() if root is not None else None
+        if self.root is not None and self.root.is_file():
+            raise InputError(f"data.root={self.root} is a file, not a folder: point it at the folder that holds train/ and test/")
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers

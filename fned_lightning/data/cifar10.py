@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -67,9 +68,12 @@ class CIFAR10OneClass(AnomalyDataModule):
             return self.read_image_folder_copy()
         from torchvision.datasets import CIFAR10
 
+        made = first_missing(self.root)  # torchvision makes the folder before it tries to download
         try:
             splits = [CIFAR10(str(self.root), train=train, download=self.download) for train in (True, False)]
         except (RuntimeError, OSError) as error:  # no copy here, and none to be had
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)  # leave no empty folder behind
             fix = (
                 f"The download failed ({error}); with no internet, point data.root at a copy"
                 if self.download
@@ -107,6 +111,16 @@ class CIFAR10OneClass(AnomalyDataModule):
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save(tuple(out), cache)
         return tuple(out)
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what making `path` would create)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
 
 
 def to_grayscale(images: torch.Tensor) -> torch.Tensor:

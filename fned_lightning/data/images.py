@@ -67,13 +67,27 @@ def read_with_pillow(path: Path, channels: int) -> torch.Tensor:
     return picture[None] if channels == 1 else picture.permute(2, 0, 1).contiguous()
 
 
+FAR_SMALLER = 4  # images whose shorter side is under a quarter of data.image_size are blown up past recognition
+
+
 def load_images(paths: Sequence[Path], channels: int, image_size: int) -> torch.Tensor:
-    """Decode and resize every file once into an NxCxSxS uint8 tensor (decoding in threads)."""
+    """Decode and resize every file once into an NxCxSxS uint8 tensor (decoding in threads); a warning
+    names how many images are far smaller than `image_size`, and the smallest."""
+    sizes = []
+
     def load(path: Path) -> torch.Tensor:
         image = read_image(path, channels)
+        sizes.append(tuple(image.shape[-2:]))
         if image.shape[-2:] != (image_size, image_size):
             image = resize(image, [image_size, image_size], antialias=True)
         return image
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return torch.stack(list(pool.map(load, paths)))
+        images = torch.stack(list(pool.map(load, paths)))
+    small = [size for size in sizes if min(size) * FAR_SMALLER < image_size]
+    if small:
+        height, width = min(small, key=min)
+        log.warning("%d of %d images in %s are far smaller than data.image_size=%d (the smallest %d x %d): they are "
+                    "blown up and carry little detail; check the folder, or lower data.image_size", len(small),
+                    len(sizes), Path(paths[0]).parent, image_size, width, height)
+    return images

@@ -5,6 +5,7 @@ import math
 import torch
 
 from fned_lightning.data.base import AnomalyDataModule, LoadedData, labelled
+from fned_lightning.errors import check_number
 
 
 class SyntheticParts(AnomalyDataModule):
@@ -13,6 +14,10 @@ class SyntheticParts(AnomalyDataModule):
 
     def __init__(self, n_train: int = 1024, n_test_normal: int = 128, n_test_abnormal: int = 128, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
+        check_number("data.n_train", n_train, 2, integer=True)  # at least one to train on after the validation split
+        check_number("data.n_test_normal", n_test_normal, 0, integer=True)
+        check_number("data.n_test_abnormal", n_test_abnormal, 0, integer=True)
+        check_number("data.seed", seed, 0, 2**63 - 1, integer=True)
         self.n_train, self.n_test_normal, self.n_test_abnormal, self.seed = n_train, n_test_normal, n_test_abnormal, seed
 
     def load(self):

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import lightning as L
 import torch
 
-from fned_lightning.errors import InputError
+from fned_lightning.errors import InputError, check_number
 from fned_lightning.models.intensity import INTENSITIES, image_moments, match_intensity
 from fned_lightning.seeding import epoch_seed
 from fned_lightning.scoring import (
@@ -36,6 +36,16 @@ class Detection(NamedTuple):
     x_fake: torch.Tensor        # N x C x H x W: reconstructions, in the image's own intensity
     paper_scores: torch.Tensor  # N: the paper's score, whichever `image_score` is chosen
     residuals: torch.Tensor     # N x H x W: the raw residual, before smoothing (the shortcut diagnostic's)
+
+
+def check_optimiser(lr_options: dict[str, float], betas) -> None:
+    """Learning rates > 0 and Adam's betas, two numbers in [0, 1), each named as the config names it."""
+    for option, lr in lr_options.items():
+        check_number(option, lr, 0, above_low=True)
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2):
+        raise InputError(f"model.betas must be two numbers in [0, 1), e.g. [0.5, 0.999], got {betas!r}")
+    for beta in betas:
+        check_number("each of model.betas", beta, 0, 1, below_high=True)
 
 
 def each_image_once(index: torch.Tensor) -> torch.Tensor:
@@ -98,14 +108,13 @@ class AnomalyDetector(L.LightningModule):
         super().__init__()
         if protocol not in PROTOCOLS:
             raise InputError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
-        if not 0 < false_positive_rate < 1:
-            raise InputError(f"model.false_positive_rate must be in (0, 1), got {false_positive_rate}")
+        check_number("model.threshold", threshold, 0, 1)
+        check_number("model.false_positive_rate", false_positive_rate, 0, 1, above_low=True, below_high=True)
         if intensity not in INTENSITIES:
             raise InputError(f"unknown intensity {intensity!r}; choose one of: {', '.join(INTENSITIES)}")
         if image_score not in IMAGE_SCORES:
             raise InputError(f"unknown model.image_score={image_score}; choose one of: {', '.join(IMAGE_SCORES)}")
-        if map_sigma < 0:
-            raise InputError(f"model.map_sigma must be >= 0 (pixels; 0 for the raw residual), got {map_sigma}")
+        check_number("model.map_sigma", map_sigma, 0)  # pixels; 0: the raw residual
         self.threshold, self.protocol, self.false_positive_rate = threshold, protocol, false_positive_rate
         self.intensity, self.map_sigma, self.image_score = intensity, map_sigma, image_score
         self.register_buffer("intensity_mean", torch.tensor(float("nan")))
@@ -118,6 +127,9 @@ class AnomalyDetector(L.LightningModule):
         self._test_batches: list[Scored] = []
         self.test_results: dict | None = None
         self.val_results: dict = {}  # with data.synthetic_val_defects: the last validation's defect metrics
+
+    def check_epochs(self, max_epochs: int) -> None:
+        """A model that needs more epochs than it is given says so before anything runs (f-AnoGAN: two phases)."""
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -215,7 +227,11 @@ class AnomalyDetector(L.LightningModule):
         return getattr(getattr(self.trainer.datamodule, split, None), "masks", None)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """What `predict` and `export` need besides the weights: the class, and the images it expects."""
+        """What `predict` and `export` need besides the weights: the class, and the images it expects. The
+        loggers write out what they hold, so the log has every epoch the checkpoint has (a resumed run
+        carries on from both)."""
+        for logger in self.trainer.loggers:
+            logger.save()
         datamodule = self.trainer.datamodule
         if datamodule is None:  # fitted on bare dataloaders: nothing known about the images
             return

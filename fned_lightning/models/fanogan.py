@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from fned_lightning.errors import InputError
-from fned_lightning.models.detector import AnomalyDetector
+from fned_lightning.errors import InputError, check_number
+from fned_lightning.models.detector import AnomalyDetector, check_optimiser
 
 
 class FAnoGAN(AnomalyDetector):
@@ -38,6 +38,12 @@ class FAnoGAN(AnomalyDetector):
         image_score: str = "paper",
     ):
         super().__init__(threshold, protocol, false_positive_rate, intensity, map_sigma, image_score)
+        check_optimiser({"model.lr": lr, "model.encoder_lr": encoder_lr}, betas)
+        check_number("model.latent", latent, 1, integer=True)
+        check_number("model.critic_steps", critic_steps, 1, integer=True)
+        check_number("model.gp_weight", gp_weight, 0)
+        check_number("model.kappa", kappa, 0)
+        check_number("model.encoder_fraction", encoder_fraction, 0, 1, above_low=True, below_high=True)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator = instantiate(generator)
@@ -49,9 +55,12 @@ class FAnoGAN(AnomalyDetector):
         total = self.trainer.max_epochs
         return total - max(1, round(total * self.hparams.encoder_fraction))
 
-    def on_fit_start(self) -> None:
-        if (self.trainer.max_epochs or 0) < 2:
+    def check_epochs(self, max_epochs: int) -> None:
+        if (max_epochs or 0) < 2:
             raise InputError("model=fanogan trains a GAN and then an encoder: it needs trainer.max_epochs >= 2")
+
+    def on_fit_start(self) -> None:
+        self.check_epochs(self.trainer.max_epochs)
         super().on_fit_start()
 
     def training_step(self, batch, batch_idx: int) -> None:

@@ -12,7 +12,8 @@ from hydra.utils import instantiate
 from torch.optim.lr_scheduler import LambdaLR
 
 from fned_lightning.defects import check_corruption, corrupt
-from fned_lightning.models.detector import AnomalyDetector
+from fned_lightning.errors import check_number
+from fned_lightning.models.detector import AnomalyDetector, check_optimiser
 from fned_lightning.networks.dcgan import dcgan_init
 from fned_lightning.seeding import epoch_seed
 
@@ -62,6 +63,13 @@ class AnomalyGAN(AnomalyDetector):
     ):
         super().__init__(threshold, protocol, false_positive_rate, intensity, map_sigma, image_score)
         check_corruption(train_corruption, corruption_strength)
+        check_optimiser({"model.lr": lr}, betas)
+        for name, weight in (loss_weights or {}).items():
+            check_number(f"model.loss_weights.{name}", weight, 0)
+        check_number("model.lr_decay_fraction", lr_decay_fraction, 0, 1)
+        check_number("model.score_weight", score_weight, 0, 1)
+        check_number("model.d_collapse_loss", d_collapse_loss)
+        check_number("model.d_collapse_check_interval", d_collapse_check_interval, 1, integer=True)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.loss_weights = loss_weights or {"adv": 1.0, "con": 20.0, "lat": 1.0}

@@ -1,0 +1,147 @@
+"""Every user mistake we know of, as a user makes it on the command line: exit code 2, one line on
+stderr that names the option or the file (and the fix), and nothing created or left behind."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY, TINY_MODELS, run_cli
+
+SYNTHETIC = ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
+FANOGAN = TINY_MODELS["fanogan"]  # its own widths: it has no model.discriminator
+TRAIN, PREDICT, EXPORT, REPORT = "fned_lightning.train", "fned_lightning.predict", "fned_lightning.export", "fned_lightning.report"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tiny FNED run at 16x16 grey: a checkpoint to resume, predict and export from."""
+    tmp_path = tmp_path_factory.mktemp("trained")
+    done = run_cli(*TINY, *SYNTHETIC, "data.image_size=16", "trainer.max_epochs=1", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp_path / "run"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    """Things a user points at by mistake: a plain file, a damaged checkpoint, an empty folder."""
+    root = tmp_path_factory.mktemp("files")
+    (root / "afile.png").write_bytes(b"not a folder")
+    (root / "damaged.ckpt").write_bytes(bytes(range(256)) * 4)
+    (root / "empty").mkdir()
+    return root
+
+
+# (module, arguments, what the one line must say); {run}: the trained run, {files}: the folder above
+MISTAKES = [
+    (TRAIN, ["anomaly_class=horses"], "unknown anomaly_class 'horses'; choose one of: airplane, automobile"),
+    (TRAIN, [], "needs an anomaly class, e.g. anomaly_class=horse"),
+    (TRAIN, ["anomaly_class=horse", "data.root=/nonexistent/cifar", "data.download=false"], "no CIFAR-10 at data.root=/nonexistent/cifar"),
+    (TRAIN, ["data=folder", "data.root=/nonexistent/parts"], "/nonexistent/parts/train/good"),
+    (TRAIN, ["data=folder"], "data.root has no value and needs one: add data.root=... to the command"),
+    (TRAIN, ["data=folder", "data.root={files}/afile.png"], "data.root={files}/afile.png is a file, not a folder"),
+    (TRAIN, ["data=folder", "data.root={files}/empty"], "{files}/empty/train/good"),
+    (TRAIN, [*SYNTHETIC, "data.image_size=40"], "data.image_size=40 is not a multiple of 16"),
+    (TRAIN, [*SYNTHETIC, "data.channels=2"], "data.channels must be 1 (grey) or 3 (colour), got 2"),
+    (TRAIN, [*SYNTHETIC, "data.batch_size=-4"], "data.batch_size must be a whole number >= 1, got -4"),
+    (TRAIN, [*SYNTHETIC, "data.eval_batch_size=0"], "data.eval_batch_size must be a whole number >= 1, got 0"),
+    (TRAIN, [*SYNTHETIC, "data.n_train=many"], "data.n_train must be a whole number >= 2, got 'many'"),
+    (TRAIN, [*SYNTHETIC, "data.val_fraction=1.5"], "data.val_fraction must be in [0, 1), got 1.5"),
+    (TRAIN, [*SYNTHETIC, "data.intensity=bright"], "unknown data.intensity=bright; choose one of: none, per_image"),
+    (TRAIN, [*SYNTHETIC, "seed=abc"], "seed must be a whole number >= 0"),
+    (TRAIN, [*SYNTHETIC, "seed=-1"], "seed must be a whole number >= 0"),
+    (TRAIN, [*SYNTHETIC, "protocol=best"], "unknown protocol=best; choose one of: honest, paper, both"),
+    (TRAIN, [*SYNTHETIC, "trainer.max_epochs=-1"], "trainer.max_epochs must be a whole number >= 1, got -1"),
+    (TRAIN, [*SYNTHETIC, "trainer.max_epoch=1"], "trainer.max_epoch is not a key of the config; did you mean trainer.max_epochs?"),
+    (TRAIN, [*SYNTHETIC, "+trainer.max_epoch=1"], "trainer.max_epoch is not an option of Trainer; did you mean trainer.max_epochs"),
+    (TRAIN, [*SYNTHETIC, "+model.score_weigth=0.5"], "model.score_weigth is not an option of FNED; did you mean model.score_weight"),
+    (TRAIN, [*SYNTHETIC, "+data.n_trian=8"], "data.n_trian is not an option of SyntheticParts; did you mean data.n_train"),
+    (TRAIN, [*SYNTHETIC, "model=fnedd"], "unknown model=fnedd; choose one of: fanogan, fned, ganomaly, skip_ganomaly"),
+    (TRAIN, [*SYNTHETIC, "data=parts"], "unknown data=parts; choose one of: cifar10, folder, synthetic"),
+    (TRAIN, [*SYNTHETIC, "model.lr=-1"], "model.lr must be a number > 0, got -1"),
+    (TRAIN, [*SYNTHETIC, "model=ganomaly", "model.generator.widht=8"], "did you mean model.generator.width?"),
+    (TRAIN, [*SYNTHETIC, "model.betas=[0.5]"], "model.betas must be two numbers in [0, 1)"),
+    (TRAIN, [*SYNTHETIC, "model.loss_weights.con=-20"], "model.loss_weights.con must be a number >= 0, got -20"),
+    (TRAIN, [*SYNTHETIC, "model.image_score=mean"], "unknown model.image_score=mean; choose one of: paper, map_max"),
+    (TRAIN, [*SYNTHETIC, "model.map_sigma=-1"], "model.map_sigma must be a number >= 0, got -1"),
+    (TRAIN, [*SYNTHETIC, "model.train_corruption=blur"], "unknown model.train_corruption=blur; choose one of: none, noise, patches"),
+    (TRAIN, [*SYNTHETIC, "model.generator.skip_levels=7"], "model.generator.skip_levels must be 0 (the paper's) to 4, got 7"),
+    (TRAIN, [*SYNTHETIC, *FANOGAN, "trainer.max_epochs=1"], "model=fanogan trains a GAN and then an encoder: it needs trainer.max_epochs >= 2"),
+    (TRAIN, [*SYNTHETIC, *FANOGAN, "model.critic_steps=0"], "model.critic_steps must be a whole number >= 1, got 0"),
+    (TRAIN, [*SYNTHETIC, "hydra.run.dir={files}/afile.png/run"], "cannot create the run folder {files}/afile.png/run"),
+    (TRAIN, [*SYNTHETIC, "ckpt_path=/nonexistent/last.ckpt"], "no checkpoint at ckpt_path=/nonexistent/last.ckpt"),
+    (TRAIN, [*SYNTHETIC, "data.image_size=16", "model=ganomaly", "ckpt_path={run}/checkpoints/last.ckpt"],
+     "it was trained with other settings: the model (FNED there, GANomaly here)"),
+    (TRAIN, [*SYNTHETIC, "data.image_size=32", "ckpt_path={run}/checkpoints/last.ckpt"], "data.image_size (16 there, 32 here)"),
+    (TRAIN, [*SYNTHETIC, "data.image_size=16", "model.generator.width=8", "ckpt_path={run}/checkpoints/last.ckpt"],
+     "model.generator.width (4 there, 8 here)"),
+    (TRAIN, [*SYNTHETIC, "data.image_size=16", "ckpt_path={files}/damaged.ckpt"], "cannot read {files}/damaged.ckpt as a checkpoint"),
+    (PREDICT, ["ckpt_path={files}/damaged.ckpt", "input={files}"], "cannot read {files}/damaged.ckpt as a checkpoint: it is damaged"),
+    (PREDICT, ["ckpt_path={run}/metrics.json", "input={files}"], "cannot read {run}/metrics.json as a checkpoint"),
+    (PREDICT, ["ckpt_path={run}/checkpoints/last.ckpt", "input=/nonexistent"], "no images found at input=/nonexistent"),
+    (PREDICT, ["ckpt_path={run}/checkpoints/last.ckpt", "input={files}", "decision=best"], "unknown decision=best; choose one of: calibrated, paper"),
+    (PREDICT, ["input={files}"], "ckpt_path has no value and needs one"),
+    (EXPORT, ["ckpt_path={run}/checkpoints/last.ckpt", "format=tflite"], "unknown format=tflite; choose one of: onnx, pt2"),
+    (EXPORT, ["ckpt_path={run}/checkpoints/last.ckpt", "output={files}/afile.png/model.onnx"],
+     "cannot write to output={files}/afile.png/model.onnx ({files}/afile.png is a file)"),
+    (REPORT, ["{files}/empty"], "no runs under {files}/empty"),
+    (REPORT, ["/nonexistent/multirun"], "no such folder: /nonexistent/multirun"),
+]
+
+
+# these run as their own process too, the strictest check (a real command's whole stderr); the rest run
+# in this process, as `python -m` would, to keep the suite fast
+AS_A_PROCESS = {"unknown model=fnedd", "trainer.max_epochs must be a whole number", "cannot create the run folder",
+                "the model (FNED there, GANomaly here)", "it is damaged", "unknown format=tflite", "no runs under"}
+
+
+def tree(folder: Path) -> set[Path]:
+    return set(folder.rglob("*"))
+
+
+@pytest.mark.parametrize("module,arguments,message", MISTAKES, ids=[" ".join(a)[-60:] or m for m, a, _ in MISTAKES])
+def test_every_mistake_gets_one_line_exit_2_and_leaves_nothing(tmp_path, trained, files, module, arguments, message,
+                                                                monkeypatch, capsys):
+    fill = {"run": trained, "files": files}
+    arguments = [a.format(**fill) for a in arguments]
+    if module == TRAIN:
+        arguments = [*(["logger=csv"] if any("fanogan" in a for a in arguments) else TINY), *arguments]
+        if not any(a.startswith("hydra.run.dir=") for a in arguments):
+            arguments.append(f"hydra.run.dir={tmp_path / 'run'}")
+    before = tree(tmp_path), tree(files), tree(trained)
+    runs = [in_this_process(module, arguments, tmp_path, monkeypatch, capsys)]
+    if any(key in message for key in AS_A_PROCESS):
+        runs.append(as_a_process(module, arguments, tmp_path))
+    for returncode, stderr in runs:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert returncode == 2, stderr[-2000:]
+        assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-2000:]
+        assert message.format(**fill) in lines[0]
+        assert (tree(tmp_path), tree(files), tree(trained)) == before  # nothing created, nothing left behind
+
+
+def in_this_process(module: str, arguments: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """`python -m module arguments` run here: (exit code, stderr)."""
+    import runpy
+    import sys
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [module, *arguments])
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # as run_hydra_cli sets it, undone after the test
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_module(module, run_name="__main__", alter_sys=False)
+    return exit.value.code, capsys.readouterr().err
+
+
+def as_a_process(module: str, arguments: list[str], cwd: Path) -> tuple[int, str]:
+    """`python -m module arguments` as a user types it: (exit code, stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run([sys.executable, "-m", module, *arguments], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    return done.returncode, done.stderr
