@@ -56,7 +56,7 @@ def train(cfg: DictConfig) -> dict:
     check_number("trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True)  # Lightning's -1 (no end) has no schedule to follow
     for group in ("data", "model", "trainer"):
         check_options(cfg[group], group)
-    ckpt_path = resume_from(cfg)
+    ckpt_path, epochs_done = resume_from(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # read the data first: bad paths and images fail before any model is built
@@ -64,7 +64,6 @@ def train(cfg: DictConfig) -> dict:
     model.check_epochs(cfg.trainer.max_epochs)
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values()]
     if ckpt_path is not None:  # a resumed run: its log goes on from the epochs the checkpoint holds
-        epochs_done = read_checkpoint(Path(ckpt_path))["epoch"] + 1  # saved at the end of that (0-based) epoch
         for logger in loggers:
             if hasattr(logger, "keep_epochs_before"):
                 logger.keep_epochs_before(epochs_done)
@@ -97,35 +96,32 @@ def train(cfg: DictConfig) -> dict:
             wandb.finish()  # each multirun job is its own W&B run
 
 
-def resume_from(cfg: DictConfig) -> str | None:
-    """`ckpt_path` if given, else this run folder's own last checkpoint: a killed run rerun with the
-    same command and run folder (always so for a multirun job) carries on where it stopped."""
+def resume_from(cfg: DictConfig) -> tuple[str | None, int]:
+    """(`ckpt_path` if given, else this run folder's own last checkpoint, the epochs it holds): a killed
+    run rerun with the same command and run folder (always so for a multirun job) carries on where it
+    stopped. (None, 0) for a run that starts afresh."""
     if cfg.ckpt_path is not None:
         if not Path(cfg.ckpt_path).is_file():
             raise InputError(f"no checkpoint at ckpt_path={cfg.ckpt_path}; give a run's checkpoints/last.ckpt")
-        check_resumable(Path(cfg.ckpt_path), cfg)
-        return str(cfg.ckpt_path)
+        return str(cfg.ckpt_path), check_resumable(Path(cfg.ckpt_path), cfg)
     last = Path(cfg.output_dir, "checkpoints", "last.ckpt")
     if not last.is_file():
-        return None
+        return None, 0
     log.info("resuming from %s", last)
-    check_resumable(last, cfg)
-    return str(last)
+    return str(last), check_resumable(last, cfg)
 
 
-MOVED_FROM = {new: (old,) for old, new in MOVED.items()}
-
-
-def check_resumable(ckpt_path: Path, cfg: DictConfig) -> None:
-    """A checkpoint this run can go on from: the same model, image size, channels and networks; what
-    differs is named."""
+def check_resumable(ckpt_path: Path, cfg: DictConfig) -> int:
+    """The epochs a checkpoint holds, if this run can go on from it (the same model, image size, channels
+    and networks); else what differs, named."""
     checkpoint = read_checkpoint(ckpt_path)
     info, saved = checkpoint.get("fned_lightning") or {}, checkpoint.get("hyper_parameters") or {}
     model = OmegaConf.to_container(cfg.model, resolve=True)
     differences = []
-    if info.get("model_target", cfg.model._target_) not in (cfg.model._target_, *MOVED_FROM.get(cfg.model._target_, ())):
+    saved_target = MOVED.get(info.get("model_target"), info.get("model_target", cfg.model._target_))
+    if saved_target != cfg.model._target_:
         saved = {}  # another model: its networks' settings say nothing more
-        differences.append(f"the model ({info['model_target'].rsplit('.', 1)[-1]} there, {cfg.model._target_.rsplit('.', 1)[-1]} here)")
+        differences.append(f"the model ({saved_target.rsplit('.', 1)[-1]} there, {cfg.model._target_.rsplit('.', 1)[-1]} here)")
     for key in ("image_size", "channels"):
         if key in info and info[key] != cfg.data[key]:
             differences.append(f"data.{key} ({info[key]} there, {cfg.data[key]} here)")
@@ -137,6 +133,7 @@ def check_resumable(ckpt_path: Path, cfg: DictConfig) -> None:
     if differences:
         raise InputError(f"cannot resume from {ckpt_path}: it was trained with other settings: {'; '.join(differences)}. "
                          f"Resume with the settings it was trained with, or start a new run folder (hydra.run.dir=...)")
+    return checkpoint["epoch"] + 1  # saved at the end of that (0-based) epoch
 
 
 def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule) -> dict:
