@@ -27,8 +27,11 @@ train: install  ## one CIFAR-10 experiment: make train CLASS=horse [DATA=path] [
 demo: install  ## synthetic parts: needs no files and no network
 	$(BIN)/python -m fned_lightning.train experiment=demo $(ARGS)
 
-cifar10:  ## unpack the CIFAR-10 image copy that sits beside the checkout into $(DATA)
-	mkdir -p $(DATA) && tar -xzf ../shared/datasets/cifar10-jpeg.tar.gz -C $(DATA)
+CIFAR10_TAR ?= ../shared/datasets/cifar10-jpeg.tar.gz
+
+cifar10:  ## unpack the CIFAR-10 image copy that sits beside the checkout into $(DATA) [CIFAR10_TAR=path]
+	@test -f $(CIFAR10_TAR) || { echo "error: no CIFAR-10 copy at $(CIFAR10_TAR); give its path with make cifar10 CIFAR10_TAR=/path/to/cifar10-jpeg.tar.gz" >&2; exit 2; }
+	mkdir -p $(DATA) && tar -xzf $(CIFAR10_TAR) -C $(DATA)
 
 clean:
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache
