@@ -78,7 +78,7 @@ def train(cfg: DictConfig) -> dict:
         speed = throughput(trainer)
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics = run_summary(cfg, trainer, datamodule) | model.test_results["metrics"] | speed | throughput(trainer)
-        metrics |= model.val_results  # data.synthetic_val_defects: the painted validation defects, last epoch
+        metrics |= model.val_results  # the painted and real validation defects (val_*, val_real_*), last epoch
         metrics["tested_epoch"] = paper.best_epoch if cfg.protocol == "paper" else trainer.current_epoch - 1  # 0-based
         if cfg.protocol == "both":
             metrics |= paper.test_best_epoch(trainer, model, datamodule)
@@ -149,6 +149,7 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule) -> dict:
         "train_images_per_epoch": int(trainer.num_training_batches) * datamodule.batch_size * trainer.world_size,
         "image_size": datamodule.image_size,
         **datamodule.split_sizes(),
+        **({"val_real_names": datamodule.val_names} if getattr(datamodule, "val_defects", 0) else {}),  # out of the test set
     }
 
 

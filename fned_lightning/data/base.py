@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from fned_lightning.defects import paint_defects
 from fned_lightning.errors import InputError, check_image_size, check_number
 from fned_lightning.models.intensity import INTENSITIES, image_moments
+from fned_lightning.scoring import MASK_UNKNOWN
 from fned_lightning.seeding import epoch_seed
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,13 @@ class LoadedData(NamedTuple):
 class InMemoryImages(Dataset):
     """uint8 images with labels and indices; `__getitems__` slices a whole batch at once. `masks`, where
     ground truth exists: int8 N x S x S, 1 on defect pixels, 0 elsewhere, MASK_UNKNOWN for a defect
-    image without its mask (read by index at test: batches stay (images, labels, index))."""
+    image without its mask (read by index at test: batches stay (images, labels, index)). `from_test`,
+    in a validation split with data.val_defects: True for the images moved there from the test set."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None = None):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None = None,
+                 from_test: torch.Tensor | None = None):
         self.images, self.labels, self.masks = images, labels, masks
+        self.from_test = from_test if from_test is not None else torch.zeros(len(images), dtype=torch.bool)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -59,9 +63,13 @@ class InMemoryImages(Dataset):
 
     def to(self, device: torch.device) -> "InMemoryImages":
         """Images, labels and masks moved together (data.on_device), in place."""
-        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        self.images, self.labels, self.from_test = self.images.to(device), self.labels.to(device), self.from_test.to(device)
         self.masks = self.masks.to(device) if self.masks is not None else None
         return self
+
+    def subset(self, index: torch.Tensor) -> "InMemoryImages":
+        return InMemoryImages(self.images[index], self.labels[index],
+                              self.masks[index] if self.masks is not None else None, self.from_test[index])
 
 
 class EpochShuffle(Sampler):
@@ -117,6 +125,11 @@ class AnomalyDataModule(L.LightningDataModule):
     a defect painted on (defects.paint_defects; label 1, with its mask): every validation then
     measures detection and the shortcut diagnostic on them, a way to choose settings without any real
     test label. Only the unpainted images fit the normalisation and thresholds.
+
+    With `val_defects=K`, K normal and K abnormal test images, drawn with `split_seed`, move from the
+    test set into the validation split (the test set shrinks by 2K, and every output counts it): each
+    validation then measures detection of real defects (`val_real_*`), the honest way to choose
+    settings when a handful of known bad parts exist. The test images left are never read until the test.
     """
 
     def __init__(
@@ -132,6 +145,7 @@ class AnomalyDataModule(L.LightningDataModule):
         on_device: bool = False,
         intensity: str = "none",
         synthetic_val_defects: bool = False,
+        val_defects: int = 0,
     ):
         super().__init__()
         check_number("data.image_size", image_size, 1, integer=True)
@@ -140,6 +154,7 @@ class AnomalyDataModule(L.LightningDataModule):
         check_number("data.eval_batch_size", eval_batch_size, 1, integer=True)
         check_number("data.num_workers", num_workers, 0, integer=True)
         check_number("data.split_seed", split_seed, 0, 2**63 - 1, integer=True)
+        check_number("data.val_defects", val_defects, 0, integer=True)
         if intensity not in INTENSITIES:  # checked here, for the data.* message; the model applies it (models.detector)
             raise InputError(f"unknown data.intensity={intensity}; choose one of: {', '.join(INTENSITIES)}")
         if channels not in (1, 3):
@@ -152,7 +167,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
-        self.synthetic_val_defects = synthetic_val_defects
+        self.synthetic_val_defects, self.val_defects = synthetic_val_defects, val_defects
         self.on_device = on_device  # keep the uint8 images on the accelerator: shuffled and sliced there, no copies
         self.train_set: InMemoryImages | None = None
 
@@ -178,9 +193,29 @@ class AnomalyDataModule(L.LightningDataModule):
             self.val_set = with_painted_copies(self.val_set, self.split_seed)
         test_order = torch.randperm(len(data.test), generator=generator)
         masks = data.test_masks[test_order] if data.test_masks is not None else None
-        self.test_set = InMemoryImages(data.test[test_order], data.test_labels[test_order], masks)
-        self.test_names = [data.test_names[i] for i in test_order.tolist()]
+        test_set = InMemoryImages(data.test[test_order], data.test_labels[test_order], masks)
+        test_names = [data.test_names[i] for i in test_order.tolist()]
+        if self.val_defects:
+            moved = self.moved_to_validation(test_set.labels)
+            kept = torch.ones(len(test_set), dtype=torch.bool).index_fill_(0, moved, False).nonzero().flatten()
+            self.val_names = [test_names[i] for i in moved.tolist()]
+            log.info("data.val_defects=%d: these test images validate instead: %s", self.val_defects, ", ".join(self.val_names))
+            real = test_set.subset(moved)
+            real.from_test.fill_(True)
+            self.val_set = mixed(self.val_set, real, generator)
+            test_set, test_names = test_set.subset(kept), [test_names[i] for i in kept.tolist()]
+        self.test_set, self.test_names = test_set, test_names
         log.info("split sizes: %s", self.split_sizes())
+
+    def moved_to_validation(self, test_labels: torch.Tensor) -> torch.Tensor:
+        """The first `val_defects` normal and abnormal images of the (seeded) test order; at least one of
+        each stays in the test set."""
+        counts = {label: int((test_labels == value).sum()) for value, label in enumerate(("normal", "abnormal"))}
+        if min(counts.values()) <= self.val_defects:
+            raise InputError(f"data.val_defects={self.val_defects} needs more than {self.val_defects} normal and "
+                             f"abnormal test images, but the test set has {counts['normal']} normal and "
+                             f"{counts['abnormal']} abnormal: give a smaller data.val_defects")
+        return torch.cat([(test_labels == value).nonzero().flatten()[: self.val_defects] for value in (0, 1)])
 
     def intensity_reference(self) -> tuple[float, float]:
         """The mean, over the normal training images, of each image's mean and of its standard
@@ -189,11 +224,14 @@ class AnomalyDataModule(L.LightningDataModule):
         return tuple(torch.cat(parts).mean().item() for parts in zip(*moments))
 
     def split_sizes(self) -> dict[str, int]:
-        labels, painted = self.test_set.labels, int((self.val_set.labels == 1).sum())
+        labels, val, from_test = self.test_set.labels, self.val_set, self.val_set.from_test
+        painted = int(((val.labels == 1) & ~from_test).sum())
         return {
             "n_train": len(self.train_set),
-            "n_val": len(self.val_set) - painted,
+            "n_val": int((~from_test).sum()) - painted,  # normal images held out of training
             **({"n_val_painted": painted} if self.synthetic_val_defects else {}),
+            **({"n_val_real_normal": int((from_test & (val.labels == 0)).sum()),
+                "n_val_real_abnormal": int((from_test & (val.labels == 1)).sum())} if self.val_defects else {}),
             "n_test": len(self.test_set),
             "n_test_normal": int((labels == 0).sum()),
             "n_test_abnormal": int((labels == 1).sum()),
@@ -243,6 +281,21 @@ def with_painted_copies(normal: InMemoryImages, seed: int) -> InMemoryImages:
     all_masks = torch.cat([torch.zeros_like(masks), masks])
     order = torch.randperm(len(images), generator=generator)
     return InMemoryImages(images[order], labels[order], all_masks[order])
+
+
+def mixed(first: InMemoryImages, second: InMemoryImages, generator: torch.Generator) -> InMemoryImages:
+    """Two sets as one, in a seeded order that mixes them (so that `limit_val_batches` draws from both);
+    where only one has masks, the other's are 0 for its normal images and MASK_UNKNOWN for its abnormal ones."""
+    def masks_of(part: InMemoryImages) -> torch.Tensor:
+        if part.masks is not None:
+            return part.masks
+        unknown = torch.full(part.images.shape[:1] + part.images.shape[2:], MASK_UNKNOWN, dtype=torch.int8)
+        return unknown.masked_fill_((part.labels == 0)[:, None, None], 0)
+
+    masks = torch.cat([masks_of(first), masks_of(second)]) if first.masks is not None or second.masks is not None else None
+    joined = InMemoryImages(torch.cat([first.images, second.images]), torch.cat([first.labels, second.labels]), masks,
+                            torch.cat([first.from_test, second.from_test]))
+    return joined.subset(torch.randperm(len(joined.images), generator=generator))
 
 
 def labelled(normal: torch.Tensor, abnormal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

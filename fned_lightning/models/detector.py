@@ -13,6 +13,7 @@ from fned_lightning.seeding import epoch_seed
 from fned_lightning.scoring import (
     defect_residual_ratio,
     evaluate,
+    filtered_max,
     min_max_normalise,
     pixel_metrics,
     ranking_metrics,
@@ -25,7 +26,7 @@ from fned_lightning.scoring import (
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("honest", "paper", "both")  # both: the honest evaluation and the paper's, from one training run
-IMAGE_SCORES = ("paper", "map_max")  # the paper's score (each model's own), or the anomaly map's maximum
+IMAGE_SCORES = ("paper", "map_max", "map_filtered_max")  # the paper's (each model's own), the map's maximum, DRAEM's
 
 
 class Detection(NamedTuple):
@@ -98,8 +99,9 @@ class AnomalyDetector(L.LightningModule):
     test, predict and the exported model all see the same: a lighting drift is not an anomaly.
 
     Every `forward` also gives anomaly maps: |x - x_fake| of the images as the networks see them,
-    averaged over channels and smoothed with a Gaussian of `map_sigma` pixels. `image_score` chooses
-    the image score: the paper's (default) or the map's maximum; both are reported at test. Validation
+    averaged over channels and smoothed with a Gaussian of `map_sigma` pixels (or, with a segmentation
+    head, its defect probabilities). `image_score` chooses the image score: the paper's (default), the
+    map's maximum, or the maximum of the mean-filtered map (DRAEM's); the first two are reported at test. Validation
     also fits `pixel_threshold`, the map value that `false_positive_rate` of normal pixels exceed.
     """
 
@@ -126,7 +128,7 @@ class AnomalyDetector(L.LightningModule):
         self._val_batches: list[Scored] = []
         self._test_batches: list[Scored] = []
         self.test_results: dict | None = None
-        self.val_results: dict = {}  # with data.synthetic_val_defects: the last validation's defect metrics
+        self.val_results: dict = {}  # data.synthetic_val_defects, data.val_defects: the last validation's defect metrics
 
     def check_epochs(self, max_epochs: int) -> None:
         """A model that needs more epochs than it is given says so before anything runs (f-AnoGAN: two phases)."""
@@ -161,12 +163,18 @@ class AnomalyDetector(L.LightningModule):
         seen = self.match_intensity(x)
         paper_scores, x_fake = self.score(seen)
         residuals = residual_map(seen, x_fake)
-        maps = smooth(residuals, self.map_sigma)
+        maps = self.anomaly_maps(seen, x_fake, residuals)
         if self.intensity == "per_image":
             mean, std = image_moments(x)
             x_fake = (x_fake - self.intensity_mean) * (std.clamp_min(1e-3) / self.intensity_std) + mean
-        scores = paper_scores if self.image_score == "paper" else maps.flatten(1).amax(1)
+        scores = {"paper": lambda: paper_scores, "map_max": lambda: maps.flatten(1).amax(1),
+                  "map_filtered_max": lambda: filtered_max(maps)}[self.image_score]()
         return Detection(scores, maps, x_fake, paper_scores, residuals)
+
+    def anomaly_maps(self, seen: torch.Tensor, x_fake: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
+        """N x H x W: the residual smoothed with a Gaussian of `map_sigma` pixels (a model with a
+        segmentation head gives the head's instead)."""
+        return smooth(residuals, self.map_sigma)
 
     def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each model's own: raw scores and reconstructions of images as the networks see them."""
@@ -183,8 +191,8 @@ class AnomalyDetector(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, labels, index = batch
-        painted = self.masks_of("val_set") is not None  # data.synthetic_val_defects: residuals kept to compare with the masks
-        self._val_batches.append(scored(self(x), labels, index, keep_maps=True, keep_residuals=painted))
+        masked = self.masks_of("val_set") is not None  # painted or real defects with masks: residuals kept to compare
+        self._val_batches.append(scored(self(x), labels, index, keep_maps=True, keep_residuals=masked))
 
     def gather(self, batches: list[Scored]) -> Scored:
         """One split's batches joined, gathered across ranks (ranks x N x ... -> N x ...), each image once."""
@@ -199,7 +207,8 @@ class AnomalyDetector(L.LightningModule):
         scores, labels, maps = val.scores, val.labels, val.maps
         normal = labels == 0  # only normal images fit the normalisation and the thresholds
         if (~normal).any():
-            self.validation_defect_metrics(val)
+            self.val_results = self.validation_defect_metrics(val)
+            self.log_dict({k.replace("val_", "val/", 1): float(v) for k, v in self.val_results.items()}, rank_zero_only=True)
         scores, maps = scores[normal], maps[normal]
         self.score_min.fill_(scores.min())
         self.score_max.fill_(scores.max())
@@ -209,17 +218,27 @@ class AnomalyDetector(L.LightningModule):
                        "val/score_threshold": self.score_threshold, "val/pixel_threshold": self.pixel_threshold},
                       rank_zero_only=True)  # gathered: the same on every rank
 
-    def validation_defect_metrics(self, val: Scored) -> None:
-        """data.synthetic_val_defects: how well the model finds the defects painted on the normal validation
-        images, every epoch, with no real test label: `val_results` (metrics.json's `val_*`) and the logs."""
-        masks = self.masks_of("val_set")
-        masks = masks[val.index.to(masks.device)]
-        metrics = by_image_score(val.paper_scores, val.map_scores, val.labels)
-        metrics |= ranking_metrics(val.scores, val.labels)  # the chosen image score's
-        metrics |= {k: v for k, v in pixel_metrics(val.maps, masks, None).items() if k != "pixel_f1"}
-        metrics["defect_residual_ratio"] = defect_residual_ratio(val.residuals, masks)
-        self.val_results = {f"val_{k}": v for k, v in metrics.items()}
-        self.log_dict({f"val/{k}": float(v) for k, v in metrics.items()}, rank_zero_only=True)
+    def validation_defect_metrics(self, val: Scored) -> dict[str, float]:
+        """How well the model finds the validation split's defects, every epoch: those painted on its normal
+        images (data.synthetic_val_defects: `val_*`, with no real test label) and the real ones moved there
+        from the test set (data.val_defects: `val_real_*`), each part scored apart."""
+        val_set, index = self.trainer.datamodule.val_set, val.index.to(self.trainer.datamodule.val_set.labels.device)
+        masks = val_set.masks[index] if val_set.masks is not None else None
+        from_test = val_set.from_test[index].to(val.labels.device)
+        results = {}
+        for prefix, part in (("val_", ~from_test), ("val_real_", from_test)):
+            labels = val.labels[part]
+            if not (labels == 1).any():
+                continue
+            subset = Scored(*(field[part] if len(field) else field for field in val))
+            metrics = by_image_score(subset.paper_scores, subset.map_scores, labels)
+            metrics |= ranking_metrics(subset.scores, labels)  # the chosen image score's
+            part_masks = masks[part.to(masks.device)] if masks is not None else None
+            if part_masks is not None and (part_masks == 1).any():
+                metrics |= {k: v for k, v in pixel_metrics(subset.maps, part_masks, None).items() if k != "pixel_f1"}
+                metrics["defect_residual_ratio"] = defect_residual_ratio(subset.residuals, part_masks)
+            results |= {prefix + k: v for k, v in metrics.items()}
+        return results
 
     def masks_of(self, split: str) -> torch.Tensor | None:
         """A split's ground-truth masks (data.InMemoryImages), where its data has them: the test set's

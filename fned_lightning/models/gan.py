@@ -4,20 +4,26 @@ Adam, the per-epoch learning-rate schedule and the anchors' rule that restarts a
 model's file gives its losses and its score."""
 
 import functools
+import itertools
 import logging
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics.functional.image import structural_similarity_index_measure
+from torchvision.ops import sigmoid_focal_loss
 
 from fned_lightning.defects import check_corruption, corrupt
-from fned_lightning.errors import check_number
+from fned_lightning.errors import InputError, check_number
 from fned_lightning.models.detector import AnomalyDetector, check_optimiser
 from fned_lightning.networks.dcgan import dcgan_init
 from fned_lightning.seeding import epoch_seed
+from fned_lightning.simulated_anomalies import SOURCES, check_sources, simulate_anomalies
 
 log = logging.getLogger(__name__)
+
+HEAD_LOSS_WEIGHTS = {"ssim": 1.0, "seg": 1.0}  # DRAEM's: SSIM and focal loss beside the reconstruction's own
 
 
 def constant_then_linear_decay(epoch: int, total_epochs: int, decay_epochs: int) -> float:
@@ -38,7 +44,13 @@ class AnomalyGAN(AnomalyDetector):
     `discriminator_loss` and `score`, and `reconstruct` where G returns more than x_fake.
     `lr_decay_fraction=0` keeps the learning rate constant (the baselines' references).
     `train_corruption` (noise or patches, of `corruption_strength`; defects.corrupt) feeds G a damaged
-    image in training and asks for the clean one: a remedy for G copying its input. Tests are untouched."""
+    image in training and asks for the clean one: a remedy for G copying its input. Tests are untouched.
+
+    `head` (a network config: networks.segmentation.SegmentationUNet) adds DRAEM's recipe: in training G
+    reconstructs images with simulated anomalies (simulated_anomalies, from `anomaly_sources`) and must
+    give the clean image (its own terms, plus SSIM), while the head, reading concat(input, x_fake), learns
+    to segment the anomaly (focal loss against its mask); G's adversarial and latent terms stay on. The
+    head's output is then the anomaly map, everywhere maps are used."""
 
     def __init__(
         self,
@@ -60,9 +72,15 @@ class AnomalyGAN(AnomalyDetector):
         image_score: str = "paper",
         train_corruption: str = "none",
         corruption_strength: float = 0.0,
+        head: dict | None = None,
+        anomaly_sources: tuple[str, ...] = SOURCES,
     ):
         super().__init__(threshold, protocol, false_positive_rate, intensity, map_sigma, image_score)
         check_corruption(train_corruption, corruption_strength)
+        check_sources(anomaly_sources)
+        if head is not None and train_corruption != "none":
+            raise InputError(f"model.head trains on simulated anomalies, which take the place of model.train_corruption="
+                             f"{train_corruption}: give model.train_corruption=none, or leave out model.head")
         check_optimiser({"model.lr": lr}, betas)
         for name, weight in (loss_weights or {}).items():
             check_number(f"model.loss_weights.{name}", weight, 0)
@@ -75,6 +93,9 @@ class AnomalyGAN(AnomalyDetector):
         self.loss_weights = loss_weights or {"adv": 1.0, "con": 20.0, "lat": 1.0}
         self.generator = instantiate(generator)
         self.discriminator = instantiate(discriminator)
+        self.head = instantiate(head) if head is not None else None
+        if self.head is not None:
+            self.loss_weights = HEAD_LOSS_WEIGHTS | self.loss_weights
         self.register_buffer("d_collapsed", torch.tensor(False), persistent=False)
 
     def on_train_epoch_start(self) -> None:
@@ -96,12 +117,18 @@ class AnomalyGAN(AnomalyDetector):
     def training_step(self, batch, batch_idx: int) -> None:
         x = self.match_intensity(batch[0])
         opt_g, opt_d = self.optimizers()
-        x_fake, extras = self.reconstruct(corrupt(x, self.hparams.train_corruption, self.hparams.corruption_strength))
+        if self.head is not None:
+            x_in, anomaly = simulate_anomalies(x, tuple(self.hparams.anomaly_sources))
+        else:
+            x_in = corrupt(x, self.hparams.train_corruption, self.hparams.corruption_strength)
+        x_fake, extras = self.reconstruct(x_in)
         real_logits, real_features = self.discriminator(x)  # serves both steps: D is unchanged until its own
 
-        with self.toggled_optimizer(opt_g):  # D frozen
+        with self.toggled_optimizer(opt_g):  # D frozen; the head, in G's optimiser, learns with G
             fake_logits, fake_features = self.discriminator(x_fake)
             losses = self.generator_losses(x, x_fake, extras, real_features.detach(), fake_logits, fake_features)
+            if self.head is not None:
+                losses |= self.head_losses(x, x_in, x_fake, anomaly)
             loss_g = sum(self.loss_weights[name] * loss for name, loss in losses.items())
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss_g)
@@ -130,6 +157,19 @@ class AnomalyGAN(AnomalyDetector):
         self.log_dict({"train/loss_g": loss_g, "train/loss_d": loss_d, "train/d_collapsed": collapsed.float()})
         self.log_dict({"loss_g": loss_g, "loss_d": loss_d}, prog_bar=True, logger=False)
 
+    def head_losses(self, x, x_in, x_fake, anomaly) -> dict[str, torch.Tensor]:
+        """DRAEM's terms: 1 - SSIM of the reconstruction against the clean image (images in [-1, 1]: data
+        range 2), and the focal loss (gamma 2, no class weighting, as DRAEM's) of the head's logits
+        against the simulated anomaly's mask. The focal loss reaches G through x_fake, as in DRAEM."""
+        ssim = structural_similarity_index_measure(x_fake.float(), x.float(), data_range=2.0)
+        logits = self.head(x_in, x_fake)
+        return {"ssim": 1 - ssim, "seg": sigmoid_focal_loss(logits.float(), anomaly, alpha=-1, gamma=2, reduction="mean")}
+
+    def anomaly_maps(self, seen: torch.Tensor, x_fake: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            return super().anomaly_maps(seen, x_fake, residuals)
+        return self.head(seen, x_fake)[:, 0].float().sigmoid()  # the head's defect probability per pixel
+
     def collapsed_on_any_rank(self) -> bool:
         """Under DDP every rank must restart D together, or their copies drift apart (DDP averages
         gradients and broadcasts buffers, never parameters): the decision is taken over all ranks."""
@@ -145,7 +185,8 @@ class AnomalyGAN(AnomalyDetector):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt_g = torch.optim.Adam(self.generator.parameters(), lr=hp.lr, betas=tuple(hp.betas), fused=True)
+        trained_with_g = itertools.chain(self.generator.parameters(), self.head.parameters() if self.head is not None else ())
+        opt_g = torch.optim.Adam(trained_with_g, lr=hp.lr, betas=tuple(hp.betas), fused=True)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr, betas=tuple(hp.betas), fused=True)
         total = max(self.trainer.max_epochs or 1, 1)
         schedule = functools.partial(
