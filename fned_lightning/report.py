@@ -78,13 +78,15 @@ def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
 
 
 def model_variant(model) -> str | None:
-    """The remedies against copying a run's config used (issue 13), e.g. "patches 0.25, skip_levels=1";
-    None for the model as published."""
+    """The remedies against copying a run's config used (issue 13) and its segmentation head (issue 19),
+    e.g. "patches 0.25, skip_levels=1"; None for the model as published."""
     remedies = []
     if model.get("train_corruption", "none") != "none":
         remedies.append(f"{model['train_corruption']} {model['corruption_strength']:g}")
     if (model.get("generator") or {}).get("skip_levels", 0):
         remedies.append(f"skip_levels={model['generator']['skip_levels']}")
+    if model.get("head"):
+        remedies.append(f"segmentation head {model['head'].get('width')}")
     return ", ".join(remedies) or None
 
 
@@ -242,6 +244,18 @@ def painted_defects_table(finished) -> tuple[list[str], list[list[str]]]:
                          lambda run: run.get("val_auroc_score_paper") is not None and run.get("protocol") != "paper")
 
 
+REAL_DEFECT_METRICS = {"val_real_auroc": "AUROC (its image score)", "val_real_auprc": "AUPRC",
+                       "val_real_auroc_score_paper": "AUROC (paper's score)", "val_real_auroc_score_map_max": "AUROC (map max)",
+                       "auroc": "test AUROC (honest)"}
+
+
+def real_defects_table(finished) -> tuple[list[str], list[list[str]]]:
+    """Runs with data.val_defects: how each found the real defects moved from the test set into validation,
+    after its last epoch, beside its honest test AUROC on the test images left."""
+    return summary_table(finished, REAL_DEFECT_METRICS,
+                         lambda run: run.get("val_real_auroc") is not None and run.get("protocol") != "paper")
+
+
 def mean_of(values: list[float]) -> float | None:
     values = finite(values)
     return statistics.mean(values) if values else None
@@ -325,6 +339,12 @@ def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
                   "No test label is involved: these are what settings may be chosen on. The residual ratio is "
                   "the mean raw residual on defect pixels over that on the other pixels of the same images: "
                   "near 1, the generator copies its input, defects included.")
+    header, rows = real_defects_table(finished)
+    if rows:
+        add_table("real_validation_defects", header, rows,
+                  "Real defects moved from the test set into validation (data.val_defects), last epoch\n\n"
+                  "What settings are chosen on when a few known bad parts exist; the test AUROC is on the test "
+                  "images left (the test set shrank by twice data.val_defects).")
     if failed:
         sections.append("Failed runs (no metrics.json):\n\n" + "\n".join(f"- {run['run']}" for run in failed))
     text = "\n\n".join(sections) + "\n"

@@ -150,7 +150,7 @@ def smooth(residual: torch.Tensor, sigma: float) -> torch.Tensor:
 def filtered_max(maps: torch.Tensor) -> torch.Tensor:
     """Each map's maximum after a mean filter 21/256 of the image wide (DRAEM's image score: 21 px at 256 px),
     odd, at least 1 px: one hot pixel does not make an anomaly, a patch of them does."""
-    width = max(round(21 * maps.shape[-1] / 256) // 2 * 2 + 1, 1)
+    width = max(round(21 * int(maps.shape[-1]) / 256) // 2 * 2 + 1, 1)  # int: a number while exporting too
     return F.avg_pool2d(maps[:, None].float(), width, stride=1, padding=width // 2).flatten(1).amax(1)
 
 

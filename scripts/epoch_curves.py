@@ -1,5 +1,6 @@
 """Per-epoch curves of kept runs (scripts/keep_results.sh copies each run's CSV log as epochs.csv): the
-shortcut diagnostic on painted validation defects, their AUROC, and the test AUROC that the paper's
+shortcut diagnostic on painted validation defects, their AUROC, the AUROC of real validation defects
+(data.val_defects), and the test AUROC that the paper's
 protocol scores after every epoch (BatchNorm in training mode; read, never used to choose anything).
 
     python scripts/epoch_curves.py results/shortcut_screw    # writes epoch_curves.md and .png there
@@ -21,6 +22,7 @@ from fned_lightning.report import MODELS, model_variant  # noqa: E402
 
 CURVES = {"val/defect_residual_ratio": "painted validation defects: residual defect / normal",
           "val/auroc_score_paper": "painted validation defects: AUROC (paper's score)",
+          "val/real_auroc": "real validation defects (data.val_defects): AUROC (its image score)",
           "paper/test_auroc": "test AUROC after each epoch (paper's protocol)",
           "paper/test_defect_residual_ratio": "test defects, where masks exist: residual defect / normal (paper's protocol)"}
 
@@ -64,7 +66,7 @@ def main(folder: str) -> None:
         ax.set(title=CURVES[key], xlabel="epoch")
         ax.title.set_fontsize(9)
         # the reference line: a generator that copies its input (ratios), or chance (AUROC on the test set)
-        reference = 1 if key.endswith("ratio") else 0.5 if key == "paper/test_auroc" else None
+        reference = 1 if key.endswith("ratio") else 0.5 if key in ("paper/test_auroc", "val/real_auroc") else None
         if reference is not None:
             ax.axhline(reference, color="grey", linestyle=":")
     axes[0][0].legend(fontsize=7)

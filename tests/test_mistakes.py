@@ -9,6 +9,7 @@ from tests.conftest import TINY, TINY_MODELS, run_cli
 
 SYNTHETIC = ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
 FANOGAN = TINY_MODELS["fanogan"]  # its own widths: it has no model.discriminator
+HEAD = ["experiment=parts_head", "data=synthetic", "model.head.width=4"]  # FNED with a segmentation head
 TRAIN, PREDICT, EXPORT, REPORT = "fned_lightning.train", "fned_lightning.predict", "fned_lightning.export", "fned_lightning.report"
 
 
@@ -64,6 +65,13 @@ MISTAKES = [
     (TRAIN, [*SYNTHETIC, "model.image_score=mean"], "unknown model.image_score=mean; choose one of: paper, map_max"),
     (TRAIN, [*SYNTHETIC, "model.map_sigma=-1"], "model.map_sigma must be a number >= 0, got -1"),
     (TRAIN, [*SYNTHETIC, "model.train_corruption=blur"], "unknown model.train_corruption=blur; choose one of: none, noise, patches"),
+    (TRAIN, [*SYNTHETIC, "data.val_defects=-1"], "data.val_defects must be a whole number >= 0, got -1"),
+    (TRAIN, [*SYNTHETIC, "data.val_defects=8"], "data.val_defects=8 needs more than 8 normal and abnormal test images, but "
+                                                "the test set has 8 normal and 8 abnormal: give a smaller data.val_defects"),
+    (TRAIN, [*SYNTHETIC, "model.anomaly_sources=[paint]"], "model.anomaly_sources=['paint']: choose one or more of: colour, image, noise"),
+    (TRAIN, [*SYNTHETIC, *HEAD, "model.train_corruption=patches", "model.corruption_strength=0.25"],
+     "model.head trains on simulated anomalies, which take the place of model.train_corruption=patches"),
+    (TRAIN, [*SYNTHETIC, *HEAD, "model.head.depth=8"], "model.head.depth=8 needs a data.image_size that is a multiple of 256, got 128"),
     (TRAIN, [*SYNTHETIC, "model.generator.skip_levels=7"], "model.generator.skip_levels must be 0 (the paper's) to 4, got 7"),
     (TRAIN, [*SYNTHETIC, *FANOGAN, "trainer.max_epochs=1"], "model=fanogan trains a GAN and then an encoder: it needs trainer.max_epochs >= 2"),
     (TRAIN, [*SYNTHETIC, *FANOGAN, "model.critic_steps=0"], "model.critic_steps must be a whole number >= 1, got 0"),

@@ -167,15 +167,17 @@ def test_pt2_export_matches_pytorch(checkpoint, tmp_path):
     torch.testing.assert_close(actual, expected)
 
 
-@pytest.mark.parametrize("name", ["ganomaly", "skip_ganomaly", "fanogan"])  # FNED: the checkpoint tests above
+@pytest.mark.parametrize("name", ["ganomaly", "skip_ganomaly", "fanogan", "fned_head"])  # FNED: the checkpoint tests above
 @pytest.mark.parametrize("format", ["onnx", "pt2"])
 def test_every_model_exports_and_matches_pytorch(name, format, tmp_path):
     import onnxruntime
     from hydra.utils import instantiate
 
     from tests.conftest import TINY_MODELS, compose_config
+    from tests.test_head import HEAD
 
-    model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name]).model)
+    overrides = [*HEAD, *TINY_MODELS["fned"]] if name == "fned_head" else TINY_MODELS[name]  # the head's map, its score
+    model = instantiate(compose_config("data=synthetic", "data.image_size=16", *overrides).model)
     model.score_min.fill_(1.0), model.score_max.fill_(3.0)
     wrapper = ScoreAndMap(model).eval()
     output = tmp_path / f"model.{format}"

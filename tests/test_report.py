@@ -109,3 +109,17 @@ def test_remedies_against_copying_name_their_rows_and_painted_validation_defects
         rows = {row["model"]: row for row in csv.DictReader(file)}
     assert list(rows) == ["FNED", "FNED (patches 0.25, skip_levels=1)"]  # honest rows only: validation is one
     assert rows["FNED (patches 0.25, skip_levels=1)"]["residual defect / normal"] == "5.000"
+
+
+def test_real_validation_defects_get_a_table_beside_the_test_auroc_and_a_head_names_its_row(tmp_path):
+    runs = tmp_path / "multirun"
+    for seed, (real, test) in enumerate([(0.7, 0.6), (0.9, 0.8)]):
+        fake_run(runs, f"head{seed}", scores(test) | {"val_real_auroc": real, "val_real_auprc": 0.5}, data="folder",
+                 anomaly_class=None, model_config={"train_corruption": "none", "head": {"width": 32}})
+    fake_run(runs, "plain", scores(0.5), data="folder", anomaly_class=None)  # no real validation defects: no row
+    report_main([str(runs), "--wandb", "off"])
+    with open(runs / "report" / "real_validation_defects.csv") as file:
+        rows = {row["model"]: row for row in csv.DictReader(file)}
+    assert list(rows) == ["FNED (segmentation head 32)"]
+    assert rows["FNED (segmentation head 32)"]["AUROC (its image score)"].startswith("0.800")
+    assert rows["FNED (segmentation head 32)"]["test AUROC (honest)"].startswith("0.700")
