@@ -40,13 +40,13 @@ def perlin_noise(n: int, size: int, device) -> torch.Tensor:
     """N x size x size gradient noise (Perlin, 1985) in about [-1, 1], each image with its own lattice
     (2**i by 2**j cells, i and j drawn apart, as DRAEM) and turned by its own angle in [-90, 90] degrees."""
     largest = max(int(math.log2(max(size // SMALLEST_CELL, 1))), 0)
-    rows, cols = torch.randint(0, largest + 1, (2, n), device=device)
+    rows, cols = torch.randint(0, largest + 1, (2, n))  # on the host: grouping by them never waits for the device
     noise = torch.empty(n, size, size, device=device)
     for i in range(largest + 1):  # one pass per lattice size, all images with that size at once
         for j in range(largest + 1):
             chosen = ((rows == i) & (cols == j)).nonzero().flatten()
             if len(chosen):
-                noise[chosen] = lattice_noise(len(chosen), size, 2**i, 2**j, device)
+                noise[chosen.to(device)] = lattice_noise(len(chosen), size, 2**i, 2**j, device)
     angle = uniform((n,), -ROTATION, ROTATION, device) * math.pi / 180
     cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
     turn = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
@@ -93,10 +93,15 @@ def fill(x: torch.Tensor, source: str) -> torch.Tensor:
     if source == "noise":  # a noise texture: Perlin noise per channel, of random contrast and level
         texture = perlin_noise(n * channels, size, x.device).view_as(x)
         return (uniform((n, 1, 1, 1), 0.5, 1.5, x.device) * texture + uniform((n, 1, 1, 1), -0.5, 0.5, x.device)).clamp(-1, 1)
-    # another image's content: the next image of the batch, shifted, turned by a multiple of 90 degrees, recoloured
+    # another image's content: the next image of the batch, each shifted (wrapping round) and turned by a
+    # multiple of 90 degrees of its own, recoloured; indexed on the device, so nothing waits for it
     other = x.roll(1, dims=0)
-    shift = torch.randint(0, size, (2,)).tolist()  # on the host generator's seed too: the module seeds both
-    other = other.roll(shift, dims=(2, 3)).rot90(int(torch.randint(0, 4, ())), dims=(2, 3))
+    shift = torch.randint(0, size, (n, 2, 1), device=x.device)
+    rows, cols = ((torch.arange(size, device=x.device) + shift) % size).unbind(1)  # n x size each
+    images = torch.arange(n, device=x.device)
+    other = other[images[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    turns = torch.stack([other.rot90(k, dims=(2, 3)) for k in range(4)])
+    other = turns[torch.randint(0, 4, (n,), device=x.device), images]
     gain, offset = uniform((n, channels, 1, 1), 0.5, 1.5, x.device), uniform((n, channels, 1, 1), -0.5, 0.5, x.device)
     return (gain * other + offset).clamp(-1, 1)
 

@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from torchmetrics.functional.classification import binary_auroc
 
 from fned_lightning.data.synthetic import SyntheticParts
+from fned_lightning.models import gan as gan_module
 from fned_lightning.scoring import filtered_max
 from fned_lightning.simulated_anomalies import simulate_anomalies
 from tests.conftest import TINY_MODELS, compose_config
@@ -55,16 +56,17 @@ def test_with_a_head_the_map_is_its_defect_probability_and_the_score_its_filtere
     torch.testing.assert_close(detection.residuals, (seen - detection.x_fake).abs().mean(1), atol=1e-5, rtol=1e-5)
 
 
-def test_a_training_step_feeds_g_simulated_anomalies_and_trains_the_head_with_it():
+def test_a_training_step_feeds_g_simulated_anomalies_and_trains_the_head_with_it(monkeypatch):
     L.seed_everything(0)
     model = head_model()
-    seen = []
+    drawn, seen = [], []
+    simulate = gan_module.simulate_anomalies
+    monkeypatch.setattr(gan_module, "simulate_anomalies", lambda x, sources: drawn.append((x, *simulate(x, sources))) or drawn[-1][1:])
     reconstruct = model.reconstruct
-    model.reconstruct = lambda x: seen.append(x.detach().clone()) or reconstruct(x)
+    model.reconstruct = lambda x: seen.append(x) or reconstruct(x)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    data = tiny_parts()
     trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
-    trainer.fit(model, datamodule=data)
+    trainer.fit(model, datamodule=tiny_parts())
     changed = {name.split(".")[0] for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed == {"generator", "discriminator", "head"}
     m = trainer.callback_metrics
@@ -72,8 +74,9 @@ def test_a_training_step_feeds_g_simulated_anomalies_and_trains_the_head_with_it
     assert weights["ssim"] == weights["seg"] == 1.0  # DRAEM's, beside FNED's own
     expected = sum(weights[k] * m[f"train/loss_{k}"] for k in ("adv", "con", "lat", "ssim", "seg"))
     torch.testing.assert_close(m["train/loss_g"], expected)
-    clean = model.match_intensity(data.on_after_batch_transfer(next(iter(trainer.train_dataloader)), 0)[0])
-    assert len(seen) == 1 and not torch.equal(seen[0], clean)  # G saw the damaged images, the losses the clean ones
+    (clean, damaged, anomaly), = drawn
+    assert len(seen) == 1 and seen[0] is damaged  # G saw the damaged images (the losses compare with the clean ones)
+    assert anomaly.any() and not torch.equal(damaged, clean)
 
 
 def test_the_head_learns_to_find_simulated_anomalies():

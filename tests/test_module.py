@@ -251,13 +251,15 @@ class HostWaits(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("name", ["fned", "ganomaly", "skip_ganomaly", "fanogan"])
+@pytest.mark.parametrize("name", ["fned", "ganomaly", "skip_ganomaly", "fanogan", "fned_head"])
 def test_training_steps_do_not_wait_for_the_device(name):
     from hydra.utils import instantiate
 
     from tests.conftest import TINY_MODELS, compose_config
+    from tests.test_head import HEAD  # the simulated anomalies are drawn every step too
 
-    cfg = compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name])
+    overrides = [*HEAD, *TINY_MODELS["fned"]] if name == "fned_head" else TINY_MODELS[name]
+    cfg = compose_config("data=synthetic", "data.image_size=16", *overrides)
     model = instantiate(cfg.model)
     waits = HostWaits()
     training_step = model.training_step

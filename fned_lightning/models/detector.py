@@ -167,8 +167,10 @@ class AnomalyDetector(L.LightningModule):
         if self.intensity == "per_image":
             mean, std = image_moments(x)
             x_fake = (x_fake - self.intensity_mean) * (std.clamp_min(1e-3) / self.intensity_std) + mean
-        scores = {"paper": lambda: paper_scores, "map_max": lambda: maps.flatten(1).amax(1),
-                  "map_filtered_max": lambda: filtered_max(maps)}[self.image_score]()
+        if self.image_score == "paper":
+            scores = paper_scores
+        else:
+            scores = maps.flatten(1).amax(1) if self.image_score == "map_max" else filtered_max(maps)
         return Detection(scores, maps, x_fake, paper_scores, residuals)
 
     def anomaly_maps(self, seen: torch.Tensor, x_fake: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:

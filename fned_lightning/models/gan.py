@@ -77,7 +77,7 @@ class AnomalyGAN(AnomalyDetector):
     ):
         super().__init__(threshold, protocol, false_positive_rate, intensity, map_sigma, image_score)
         check_corruption(train_corruption, corruption_strength)
-        check_sources(anomaly_sources)
+        self.anomaly_sources = check_sources(anomaly_sources)
         if head is not None and train_corruption != "none":
             raise InputError(f"model.head trains on simulated anomalies, which take the place of model.train_corruption="
                              f"{train_corruption}: give model.train_corruption=none, or leave out model.head")
@@ -118,7 +118,7 @@ class AnomalyGAN(AnomalyDetector):
         x = self.match_intensity(batch[0])
         opt_g, opt_d = self.optimizers()
         if self.head is not None:
-            x_in, anomaly = simulate_anomalies(x, tuple(self.hparams.anomaly_sources))
+            x_in, anomaly = simulate_anomalies(x, self.anomaly_sources)
         else:
             x_in = corrupt(x, self.hparams.train_corruption, self.hparams.corruption_strength)
         x_fake, extras = self.reconstruct(x_in)
