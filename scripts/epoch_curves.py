@@ -43,8 +43,10 @@ def main(folder: str) -> None:
     for log in sorted(root.rglob("epochs.csv")):
         config = OmegaConf.load(log.parent / "config.yaml")
         variant = model_variant(config.model)
-        name = json.loads((log.parent / "metrics.json").read_text())["model"]
-        label = f"{MODELS.get(name, name)}{f' ({variant})' if variant else ''}, {config.data.image_size} px, seed {config.seed}"
+        metrics = json.loads((log.parent / "metrics.json").read_text())
+        name, anomaly_class = metrics["model"], metrics.get("anomaly_class")
+        label = (f"{MODELS.get(name, name)}{f' ({variant})' if variant else ''}{f', {anomaly_class}' if anomaly_class else ''}, "
+                 f"{config.data.image_size} px, seed {config.seed}")
         runs[label] = curves(log.parent)
     lines = []
     for key, title in CURVES.items():

@@ -13,7 +13,11 @@ for run in "$sweep"/*/; do
   mkdir -p "$dest/$name"
   cp -r "$run/.hydra" "$run/metrics.json" "$run/config.yaml" "$run/scores.csv" "$dest/$name/"
   [ -d "$run/figures" ] && cp -r "$run/figures" "$dest/$name/"
-  [ -f "$run/csv/metrics.csv" ] && cp "$run/csv/metrics.csv" "$dest/$name/epochs.csv"  # per-epoch logs
+  if compgen -G "$run/csv/metrics.before_resume.*.csv" > /dev/null; then  # a log cut by a resume (commit 99bb309)
+    "$python" "$(dirname "$0")/merge_epoch_logs.py" "$run" "$dest/$name/epochs.csv"
+  elif [ -f "$run/csv/metrics.csv" ]; then
+    cp "$run/csv/metrics.csv" "$dest/$name/epochs.csv"  # per-epoch logs
+  fi
 done
 find "$dest" -type f -size +1M -print -delete  # the repository keeps small files only
 "$python" -m fned_lightning.report "$dest" --out "$dest/report" --wandb off > /dev/null
