@@ -121,7 +121,7 @@ class PaperProtocol(L.Callback):
         with torch.random.fork_rng(devices=devices), trainer.precision_plugin.forward_context():
             # (fork_rng: a DataLoader draws a seed from the global generator)
             pl_module.train()  # BatchNorm on batch statistics, as the anchors evaluated
-            loader = trainer.datamodule.test_dataloader()
+            loader = trainer.datamodule.paper_test_dataloader()  # the anchors' batches (BatchNorm reads each batch)
             limit = trainer.limit_test_batches
             n_batches = limit if isinstance(limit, int) else math.ceil(limit * len(loader))
             # no progress bar of its own (Lightning's is live): say what the pause is

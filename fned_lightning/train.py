@@ -150,6 +150,7 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule) -> dict:
         "image_size": datamodule.image_size,
         **datamodule.split_sizes(),
         **({"val_real_names": datamodule.val_names} if getattr(datamodule, "val_defects", 0) else {}),  # out of the test set
+        **({"paper_test_batches": datamodule.paper_test_batches} if cfg.protocol != "honest" else {}),
     }
 
 

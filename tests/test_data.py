@@ -256,3 +256,54 @@ def test_images_far_smaller_than_the_image_size_are_named_in_a_warning(tmp_path,
     images = load_images(sorted(folder.iterdir()), channels=1, image_size=64)
     assert images.shape == (4, 1, 64, 64)
     assert "2 of 4 images" in caplog.text and "far smaller than data.image_size=64 (the smallest 1 x 1)" in caplog.text
+
+
+def batches_of(loader) -> list[tuple[list[int], list[int]]]:
+    return [(labels.tolist(), index.tolist()) for _, labels, index in loader]
+
+
+def test_the_paper_test_on_cifar10_is_batched_as_the_anchors_batched_it(cifar_folder):
+    """Their CIFAR-10 test loader is not shuffled: the normal test images, then the anomaly class, in
+    training-size batches. With BatchNorm in training mode each batch then normalises one label."""
+    module = cifar(cifar_folder, batch_size=4, eval_batch_size=8)
+    honest = batches_of(module.test_dataloader())
+    paper = batches_of(module.paper_test_dataloader())
+    assert [len(labels) for labels, _ in honest] == [8, 8, 7] and [len(labels) for labels, _ in paper] == [4] * 5 + [3]
+    honest_labels = [label for labels, _ in honest for label in labels]
+    paper_labels = [label for labels, _ in paper for label in labels]
+    assert honest_labels != sorted(honest_labels)  # the honest test mixes the labels in every batch
+    assert paper_labels == sorted(honest_labels)  # normal first, then the anomalies
+    paper_index = [i for _, index in paper for i in index]
+    assert sorted(paper_index) == list(range(23))  # every test image once
+    normal_index = [i for i, label in zip(paper_index, paper_labels) if label == 0]
+    assert normal_index == sorted(normal_index)  # the normal images keep the seeded (class-mixed) order
+    mixed = cifar(cifar_folder, batch_size=4, eval_batch_size=8, paper_test_batches="mixed")
+    assert batches_of(mixed.paper_test_dataloader()) == honest  # the paper protocol of earlier commits
+
+
+def test_the_paper_test_sorts_only_the_images_a_limited_test_reads(cifar_folder):
+    from types import SimpleNamespace
+
+    module = cifar(cifar_folder, batch_size=4)
+    module.trainer = SimpleNamespace(limit_test_batches=2, lightning_module=SimpleNamespace(protocol="paper"))
+    read = module.test_set.labels[:8].tolist()
+    assert 0 < sum(read) < 8  # (the seeded order puts both labels in the first 8)
+    batches = batches_of(module.test_dataloader())  # under protocol=paper, the test asks for the paper's batches
+    assert [label for labels, _ in batches[:2] for label in labels] == sorted(read)
+    assert sorted(i for _, index in batches[:2] for i in index) == list(range(8))
+    module.trainer.limit_test_batches = 0.5  # 3 of the 6 batches
+    assert module.images_read(4) == 12
+
+
+def test_the_paper_test_on_folders_is_shuffled_as_the_anchors_shuffled_it(parts_folder):
+    module = ImageFolderAnomaly(root=str(parts_folder), image_size=32, channels=1, batch_size=2, eval_batch_size=4)
+    module.setup("fit")
+    honest = [i for _, index in batches_of(module.test_dataloader()) for i in index]
+    paper = batches_of(module.paper_test_dataloader())
+    assert [len(labels) for labels, _ in paper] == [2, 2, 2, 2, 1]  # their batch size
+    assert [i for _, index in paper for i in index] == honest  # the seeded mixed order: their loader shuffles
+
+
+def test_an_unknown_paper_test_batching_is_refused(cifar_folder):
+    with pytest.raises(InputError, match="data.paper_test_batches=sorted; choose one of: anchors, mixed"):
+        CIFAR10OneClass(root=str(cifar_folder), anomaly_class="horse", download=False, paper_test_batches="sorted")

@@ -68,6 +68,7 @@ MISTAKES = [
     (TRAIN, [*SYNTHETIC, "data.val_defects=-1"], "data.val_defects must be a whole number >= 0, got -1"),
     (TRAIN, [*SYNTHETIC, "data.val_defects=8"], "data.val_defects=8 needs more than 8 normal and abnormal test images, but "
                                                 "the test set has 8 normal and 8 abnormal: give a smaller data.val_defects"),
+    (TRAIN, [*SYNTHETIC, "data.paper_test_batches=sorted"], "unknown data.paper_test_batches=sorted; choose one of: anchors, mixed"),
     (TRAIN, [*SYNTHETIC, "model.anomaly_sources=[paint]"], "model.anomaly_sources=['paint']: choose one or more of: colour, image, noise"),
     (TRAIN, [*SYNTHETIC, *HEAD, "model.train_corruption=patches", "model.corruption_strength=0.25"],
      "model.head trains on simulated anomalies, which take the place of model.train_corruption=patches"),

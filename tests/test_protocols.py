@@ -35,6 +35,11 @@ class GuardedParts(SyntheticParts):
             raise AssertionError("the test data were loaded during fit")
         return super().test_dataloader()
 
+    def paper_test_dataloader(self):
+        if self.fitting():
+            raise AssertionError("the test data were loaded during fit")
+        return super().paper_test_dataloader()
+
 
 class WeightsPerEpoch(L.Callback):
     """The weights at the end of each training epoch, and the weights the test pass starts with."""
@@ -113,15 +118,20 @@ def test_paper_protocol_tests_the_weights_of_the_best_epoch_not_the_last():
     assert same(weights.tested, weights.epochs[1])
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # bf16: the per-epoch passes in the trainer's precision too
-def test_paper_protocol_run_is_labelled_and_reports_the_best_logged_epoch_and_its_auroc(tmp_path, precision):
-    synthetic = ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
-    done = run_cli(*TINY, *synthetic, "trainer.max_epochs=3", "protocol=paper", f"trainer.precision={precision}",
+@pytest.mark.parametrize(("precision", "data"), [("32-true", "synthetic"), ("bf16-mixed", "synthetic"), ("32-true", "cifar10")])
+def test_paper_protocol_run_is_labelled_and_reports_the_best_logged_epoch_and_its_auroc(tmp_path, precision, data, cifar_folder):
+    """bf16: the per-epoch passes run in the trainer's precision too; CIFAR-10: both test in the anchors'
+    label-ordered batches (BatchNorm in training mode would score mixed batches differently)."""
+    data_args = (["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
+                 if data == "synthetic" else [f"data.root={cifar_folder}", "anomaly_class=horse", "data.cache_dir=null",
+                                              "data.batch_size=4", "data.val_fraction=0.2"])
+    done = run_cli(*TINY, *data_args, "trainer.max_epochs=3", "protocol=paper", f"trainer.precision={precision}",
                    tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["protocol"] == "paper" and metrics["normalisation"] == "test_minmax"
+    assert metrics["paper_test_batches"] == "anchors"
     assert metrics["f1"] == metrics["f1_test_minmax"]
     lines = (run / "csv" / "metrics.csv").read_text().splitlines()
     header = lines[0].split(",")

@@ -38,6 +38,8 @@ class CIFAR10OneClass(AnomalyDataModule):
     an image-folder copy `train/<class>/*`, `test/<class>/*`.
     """
 
+    ANCHORS_SORT_TEST_BY_LABEL = True  # the anchors' CIFAR-10 test loader: normal test images, then the anomaly class, unshuffled
+
     def __init__(self, root: str, anomaly_class: str, download: bool = True, cache_dir: str | None = None, **kwargs):
         super().__init__(root=root, **kwargs)
         self.anomaly_class = resolve_cifar10_class(anomaly_class)
