@@ -8,7 +8,7 @@ import time
 import lightning as L
 import torch
 
-from fned_lightning.data.base import to_model_range
+from fned_lightning.data.base import batches_read, to_model_range
 from fned_lightning.errors import InputError
 from fned_lightning.networks.layers import to_channels_last
 from fned_lightning.scoring import defect_residual_ratio, ranking_metrics
@@ -122,8 +122,7 @@ class PaperProtocol(L.Callback):
             # (fork_rng: a DataLoader draws a seed from the global generator)
             pl_module.train()  # BatchNorm on batch statistics, as the anchors evaluated
             loader = trainer.datamodule.paper_test_dataloader()  # the anchors' batches (BatchNorm reads each batch)
-            limit = trainer.limit_test_batches
-            n_batches = limit if isinstance(limit, int) else math.ceil(limit * len(loader))
+            n_batches = batches_read(trainer.limit_test_batches, len(loader))
             # no progress bar of its own (Lightning's is live): say what the pause is
             log.info("the paper's protocol: scoring %d test batches after epoch %d", n_batches, trainer.current_epoch)
             masks = pl_module.masks_of("test_set")

@@ -27,6 +27,11 @@ PAPER_TEST_BATCHES = ("anchors", "mixed")
 log = logging.getLogger(__name__)
 
 
+def batches_read(limit: int | float, n_batches: int) -> int:
+    """How many of a test loader's `n_batches` batches Lightning reads under `trainer.limit_test_batches`."""
+    return min(n_batches, limit if isinstance(limit, int) else math.ceil(limit * n_batches))
+
+
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1], the generators' Tanh range."""
     return images.float().div_(127.5).sub_(1.0)
@@ -305,8 +310,7 @@ class AnomalyDataModule(L.LightningDataModule):
     def images_read(self, batch_size: int) -> int:
         """How many test images a test in batches of `batch_size` reads under trainer.limit_test_batches."""
         limit = self.trainer.limit_test_batches if self.trainer is not None else 1.0
-        batches = limit if isinstance(limit, int) else math.ceil(limit * math.ceil(len(self.test_set) / batch_size))
-        return min(len(self.test_set), batches * batch_size)
+        return min(len(self.test_set), batches_read(limit, math.ceil(len(self.test_set) / batch_size)) * batch_size)
 
 
 def with_painted_copies(normal: InMemoryImages, seed: int) -> InMemoryImages:
