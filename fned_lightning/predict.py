@@ -47,8 +47,13 @@ def load_detector(ckpt_path: str | Path, device: str | torch.device = "cpu"):
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}; pass the checkpoints/last.ckpt that a train run wrote")
-    checkpoint = read_checkpoint(path)
-    info = checkpoint.get("fned_lightning") if isinstance(checkpoint, dict) else None
+    model, info = rebuild_detector(read_checkpoint(path), path)
+    return model.to(device).eval(), info
+
+
+def rebuild_detector(checkpoint: dict, path: Path):
+    """(model, info) from a checkpoint already read (`read_checkpoint`); path names it in the messages."""
+    info = checkpoint.get("fned_lightning")
     if info is None:
         raise InputError(f"{path} is not a fned_lightning checkpoint; pass the checkpoints/last.ckpt that a train run wrote")
     info["model_target"] = MOVED.get(info["model_target"], info["model_target"])
@@ -58,7 +63,7 @@ def load_detector(ckpt_path: str | Path, device: str | torch.device = "cpu"):
     except (ImportError, TypeError, RuntimeError) as error:  # a class moved, an argument or a layer changed
         raise InputError(f"{path} holds a {info['model_target']} that this version of fned_lightning cannot rebuild "
                          f"(the model changed since; retrain it): {str(error).splitlines()[0]}") from error
-    return model.to(device).eval(), info
+    return model, info
 
 
 def find_images(spec: str) -> list[Path]:

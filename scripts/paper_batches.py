@@ -4,7 +4,9 @@ two batchings: `mixed` (the honest test's order and batch size: the paper protoc
 existed) and `anchors` (their CIFAR-10 test loader: the normal images first, then the anomaly class,
 unshuffled, in training-size batches; each batch normalises one label). Weights scored: the last epoch,
 the epoch the run's paper protocol selected, and every epoch kept in `epoch_weights/` (then the anchors'
-own selection, the best epoch under their batching, can be read too).
+own selection, the best epoch under their batching, can be read too). It checks first that the selected
+epoch, in the batching the run tested with (its `paper_test_batches`; mixed before that switch existed),
+gives the run's own `paper_auroc`.
 
     python scripts/paper_batches.py SWEEP_DIR RESULTS_DIR   # writes RESULTS_DIR/paper_batches.{json,md}
 
@@ -24,7 +26,7 @@ from omegaconf import OmegaConf
 from fned_lightning.checkpoints import read_checkpoint
 from fned_lightning.data.cifar10 import CIFAR10_CLASSES
 from fned_lightning.data.base import to_model_range
-from fned_lightning.predict import load_detector
+from fned_lightning.predict import rebuild_detector
 from fned_lightning.report import MODELS, PAPER
 from fned_lightning.scoring import ranking_metrics
 
@@ -47,8 +49,8 @@ def score_run(run: Path) -> dict:
     config.data._target_ = MOVED_DATA.get(config.data._target_, config.data._target_)
     data = instantiate(config.data, paper_test_batches="anchors")
     data.setup("test")
-    model, _ = load_detector(run / "checkpoints" / "last.ckpt")
     checkpoint = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    model, _ = rebuild_detector(checkpoint, run / "checkpoints" / "last.ckpt")
     selection = checkpoint["callbacks"]["PaperProtocol"]
     states = {checkpoint["epoch"]: {k: v.clone() for k, v in model.state_dict().items()},
               selection["best_epoch"]: selection["best_state"]}
@@ -62,12 +64,14 @@ def score_run(run: Path) -> dict:
         per_epoch[epoch] = {name: train_mode_auroc(model, states[epoch], loader) for name, loader in loaders.items()}
         print(f"{run.name} epoch {epoch}: {per_epoch[epoch]} ({time.time() - start:.0f} s)", flush=True)
     metrics = json.loads((run / "metrics.json").read_text())
-    rescored = per_epoch[selection["best_epoch"]]["mixed"]
+    batching = metrics.get("paper_test_batches", "mixed")  # runs from before the switch batched mixed
+    rescored = per_epoch[selection["best_epoch"]][batching]
     if abs(rescored - metrics["paper_auroc"]) > 1e-4:  # the check that this rescoring is the run's own paper test
-        raise SystemExit(f"{run}: mixed batches give {rescored:.4f} at epoch {selection['best_epoch']}, "
+        raise SystemExit(f"{run}: {batching} batches give {rescored:.4f} at epoch {selection['best_epoch']}, "
                          f"but the run's paper test gave {metrics['paper_auroc']:.4f}")
     return {"model": metrics["model"], "anomaly_class": metrics["anomaly_class"], "honest_auroc": metrics["auroc"],
-            "selected_epoch_mixed": selection["best_epoch"], "last_epoch": checkpoint["epoch"], "per_epoch": per_epoch}
+            "selected_epoch": selection["best_epoch"], "selected_in": batching, "last_epoch": checkpoint["epoch"],
+            "per_epoch": per_epoch}
 
 
 def published(model: str, anomaly_class: str) -> str:
@@ -77,12 +81,12 @@ def published(model: str, anomaly_class: str) -> str:
 
 
 def table(runs: dict[str, dict]) -> str:
-    lines = ["| model | class | honest (last epoch, eval()) | paper protocol, mixed batches (its selected epoch) | "
+    lines = ["| model | class | honest (last epoch, eval()) | paper protocol, mixed batches (the run's selected epoch) | "
              "the same weights, the anchors' batches | anchors' batches, best epoch scored | the paper's |",
              "|---|---|---|---|---|---|---|"]
     for result in runs.values():
         per_epoch = {int(k): v for k, v in result["per_epoch"].items()}
-        selected = result["selected_epoch_mixed"]
+        selected = result["selected_epoch"]
         best = max(per_epoch, key=lambda e: per_epoch[e]["anchors"])
         scored = f"{len(per_epoch)} of {result['last_epoch'] + 1} epochs scored"
         lines.append(f"| {MODELS.get(result['model'], result['model'])} | {result['anomaly_class']} | {result['honest_auroc']:.3f} | "

@@ -221,3 +221,32 @@ def test_speedups_compile_each_network_once_and_leave_out_what_cannot_be_compile
             speedups.setup(None, model, stage)
         expected = [network for child, network in model.named_children() if child not in left_out]
         assert compiled == expected
+
+
+def test_paper_batches_rescores_a_run_and_refuses_one_it_does_not_reproduce(tmp_path, cifar_folder):
+    """scripts/paper_batches.py: the epoch the run's paper protocol selected, rescored in the batching the
+    run tested with, gives the run's own paper_auroc; a run whose logged number it cannot reproduce is refused."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = run_cli(*TINY, f"data.root={cifar_folder}", "anomaly_class=horse", "data.cache_dir=null", "data.batch_size=4",
+                   "data.val_fraction=0.2", "trainer.max_epochs=2", "protocol=both", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "results"
+    out.mkdir()
+    script = [sys.executable, str(REPO / "scripts" / "paper_batches.py"), str(tmp_path), str(out)]
+    rescored = subprocess.run(script, capture_output=True, text=True, cwd=REPO)
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    result = json.loads((out / "paper_batches.json").read_text())["run"]
+    assert (result["selected_epoch"], result["selected_in"], result["last_epoch"]) == (metrics["paper_tested_epoch"], "anchors", 1)
+    assert result["per_epoch"][str(result["selected_epoch"])]["anchors"] == pytest.approx(metrics["paper_auroc"], abs=1e-4)
+    assert "| FNED | horse |" in (out / "paper_batches.md").read_text()
+
+    metrics["paper_auroc"] += 0.01  # a run that logged another number than its weights give
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    (out / "paper_batches.json").unlink()
+    refused = subprocess.run(script, capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode != 0 and "but the run's paper test gave" in refused.stderr
