@@ -241,7 +241,8 @@ def test_paper_batches_rescores_a_run_and_refuses_one_it_does_not_reproduce(tmp_
     assert rescored.returncode == 0, rescored.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     result = json.loads((out / "paper_batches.json").read_text())["run"]
-    assert (result["selected_epoch"], result["selected_in"], result["last_epoch"]) == (metrics["paper_tested_epoch"], "anchors", 1)
+    assert metrics["paper_test_batches"] == "anchors"
+    assert (result["selected_epoch"], result["last_epoch"]) == (metrics["paper_tested_epoch"], 1)
     assert result["per_epoch"][str(result["selected_epoch"])]["anchors"] == pytest.approx(metrics["paper_auroc"], abs=1e-4)
     assert "| FNED | horse |" in (out / "paper_batches.md").read_text()
 
