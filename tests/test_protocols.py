@@ -225,7 +225,11 @@ def test_speedups_compile_each_network_once_and_leave_out_what_cannot_be_compile
 
 def test_paper_batches_rescores_a_run_and_refuses_one_it_does_not_reproduce(tmp_path, cifar_folder):
     """scripts/paper_batches.py: the epoch the run's paper protocol selected, rescored in the batching the
-    run tested with, gives the run's own paper_auroc; a run whose logged number it cannot reproduce is refused."""
+    run tested with, gives the run's own paper_auroc; the run's batching is read from its per-epoch log, the
+    other one scored; a run still going is scored from its newest checkpoint, and a second call scores only
+    what is new; a run whose logged number it cannot reproduce is refused."""
+    import csv
+    import shutil
     import subprocess
     import sys
 
@@ -234,20 +238,45 @@ def test_paper_batches_rescores_a_run_and_refuses_one_it_does_not_reproduce(tmp_
     done = run_cli(*TINY, f"data.root={cifar_folder}", "anomaly_class=horse", "data.cache_dir=null", "data.batch_size=4",
                    "data.val_fraction=0.2", "trainer.max_epochs=2", "protocol=both", tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = tmp_path / "results"
+    run, out = tmp_path / "run", tmp_path / "results"
     out.mkdir()
     script = [sys.executable, str(REPO / "scripts" / "paper_batches.py"), str(tmp_path), str(out)]
+
+    metrics_file = run / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    log = run / "csv" / "metrics.csv"
+    with open(log) as file:
+        rows = list(csv.DictReader(file))
+    other_epoch = str(1 - metrics["paper_tested_epoch"])
+    for row in rows:  # a mark in the log: the epoch not selected must come from the log, not from a rescoring
+        if row["epoch"] == other_epoch and row["paper/test_auroc"]:
+            row["paper/test_auroc"] = "0.123"
+    with open(log, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.move(metrics_file, tmp_path / "metrics.json")  # as the run was before its final test: unfinished
+    going = subprocess.run(script, capture_output=True, text=True, cwd=REPO)
+    assert going.returncode == 0, going.stderr[-3000:]
+    result = json.loads((out / "paper_batches.json").read_text())["run"]
+    assert not result["finished"] and result["honest_auroc"] is None
+    assert "running (epoch 1 done)" in (out / "paper_batches.md").read_text()
+
+    shutil.move(tmp_path / "metrics.json", metrics_file)
     rescored = subprocess.run(script, capture_output=True, text=True, cwd=REPO)
     assert rescored.returncode == 0, rescored.stderr[-3000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert not [line for line in rescored.stdout.splitlines() if line.startswith("run epoch")]  # scored before: only the check ran
     result = json.loads((out / "paper_batches.json").read_text())["run"]
-    assert metrics["paper_test_batches"] == "anchors"
+    assert metrics["paper_test_batches"] == result["logged_batching"] == "anchors"
+    assert (result["finished"], result["honest_auroc"]) == (True, metrics["auroc"])
     assert (result["selected_epoch"], result["last_epoch"]) == (metrics["paper_tested_epoch"], 1)
     assert result["per_epoch"][str(result["selected_epoch"])]["anchors"] == pytest.approx(metrics["paper_auroc"], abs=1e-4)
+    assert result["per_epoch"][other_epoch]["anchors"] == 0.123
+    assert all(0.0 <= v["mixed"] <= 1.0 for v in result["per_epoch"].values())
     assert "| FNED | horse |" in (out / "paper_batches.md").read_text()
 
     metrics["paper_auroc"] += 0.01  # a run that logged another number than its weights give
-    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    metrics_file.write_text(json.dumps(metrics))
     (out / "paper_batches.json").unlink()
     refused = subprocess.run(script, capture_output=True, text=True, cwd=REPO)
     assert refused.returncode != 0 and "but the run's paper test gave" in refused.stderr
