@@ -37,7 +37,6 @@ from fned_lightning.report import MODELS, PAPER
 from fned_lightning.scoring import ranking_metrics
 
 MOVED_DATA = {"fned_lightning.data.CIFAR10OneClass": "fned_lightning.data.cifar10.CIFAR10OneClass"}  # before data/ was a package
-BATCHINGS = ("mixed", "anchors")
 
 
 @torch.inference_mode()
