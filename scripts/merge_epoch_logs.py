@@ -11,17 +11,23 @@ import sys
 from pathlib import Path
 
 
-def main(run: str, out: str) -> None:
+def epoch_rows(run: Path) -> tuple[dict[str, list[dict]], list[str]]:
+    """Each epoch's rows from the newest of the run's logs that has that epoch, and every column name."""
     logs = sorted(Path(run, "csv").glob("metrics.before_resume.*.csv")) + [Path(run, "csv", "metrics.csv")]
     rows_by_epoch: dict[str, list[dict]] = {}
     fields: list[str] = []
-    for log in logs:  # oldest first: a later log's epochs replace an earlier one's
+    for log in (log for log in logs if log.exists()):  # oldest first: a later log's epochs replace an earlier one's
         with open(log) as file:
             reader = csv.DictReader(file)
             fields += [name for name in reader.fieldnames or [] if name not in fields]
             rows = list(reader)
         for epoch in {row["epoch"] for row in rows}:
             rows_by_epoch[epoch] = [row for row in rows if row["epoch"] == epoch]
+    return rows_by_epoch, fields
+
+
+def main(run: str, out: str) -> None:
+    rows_by_epoch, fields = epoch_rows(Path(run))
     with open(out, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=fields)
         writer.writeheader()

@@ -19,7 +19,6 @@ Unfinished runs are scored too (from their newest checkpoint), and each epoch is
 can be given again as a sweep goes on, and scores only the epochs kept since.
 """
 
-import csv
 import json
 import sys
 import time
@@ -35,6 +34,7 @@ from fned_lightning.data.base import to_model_range
 from fned_lightning.predict import rebuild_detector
 from fned_lightning.report import MODELS, PAPER
 from fned_lightning.scoring import ranking_metrics
+from merge_epoch_logs import epoch_rows  # beside this script
 
 MOVED_DATA = {"fned_lightning.data.CIFAR10OneClass": "fned_lightning.data.cifar10.CIFAR10OneClass"}  # before data/ was a package
 
@@ -51,14 +51,10 @@ def train_mode_auroc(model, state: dict, loader) -> float:
 
 
 def logged_paper_aurocs(run: Path) -> dict[int, float]:
-    """The run's own per-epoch paper-protocol AUROC. A run resumed under commit 99bb309 has its log cut in
-    several files (csv/metrics.before_resume.*.csv, kept by its launch script): the newest that has an epoch wins."""
-    aurocs = {}
-    for log in sorted(run.glob("csv/metrics.before_resume.*.csv")) + sorted(run.glob("csv/metrics.csv")):
-        with open(log) as file:
-            aurocs |= {int(row["epoch"]): float(row["paper/test_auroc"]) for row in csv.DictReader(file)
-                       if row.get("paper/test_auroc")}
-    return aurocs
+    """The run's own per-epoch paper-protocol AUROC, from its log (a log cut by resumes under commit 99bb309: merged)."""
+    rows_by_epoch, _ = epoch_rows(run)
+    return {int(epoch): float(row["paper/test_auroc"]) for epoch, rows in rows_by_epoch.items()
+            for row in rows if row.get("paper/test_auroc")}
 
 
 def score_run(run: Path, scored: dict) -> dict:
