@@ -13,6 +13,7 @@ for run in "$sweep"/*/; do
   mkdir -p "$dest/$name"
   cp -r "$run/.hydra" "$run/metrics.json" "$run/config.yaml" "$run/scores.csv" "$dest/$name/"
   [ -d "$run/figures" ] && cp -r "$run/figures" "$dest/$name/"
+  rm -f "$dest/$name/epochs_so_far.csv"  # a running run's log, committed while it ran: epochs.csv replaces it
   if compgen -G "$run/csv/metrics.before_resume.*.csv" > /dev/null; then  # a log cut by a resume (commit 99bb309)
     "$python" "$(dirname "$0")/merge_epoch_logs.py" "$run" "$dest/$name/epochs.csv"
   elif [ -f "$run/csv/metrics.csv" ]; then
