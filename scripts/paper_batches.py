@@ -39,6 +39,16 @@ from merge_epoch_logs import epoch_rows  # beside this script
 MOVED_DATA = {"fned_lightning.data.CIFAR10OneClass": "fned_lightning.data.cifar10.CIFAR10OneClass"}  # before data/ was a package
 
 
+def run_config(path: Path, data_root: str | None = None):
+    """A sweep run's resolved config, readable by today's code (its data class renamed where it moved);
+    `data_root` points it at another copy of the data."""
+    config = OmegaConf.load(path)
+    config.data._target_ = MOVED_DATA.get(config.data._target_, config.data._target_)
+    if data_root is not None:
+        config.data.root = data_root
+    return config
+
+
 @torch.inference_mode()
 def train_mode_auroc(model, state: dict, loader) -> float:
     model.load_state_dict(state)  # fresh weights and BatchNorm statistics for every pass
@@ -60,8 +70,7 @@ def logged_paper_aurocs(run: Path) -> dict[int, float]:
 def score_run(run: Path, scored: dict) -> dict:
     """`scored`: this run's entry from an earlier call (its epochs are not scored again), or {}."""
     finished = (run / "metrics.json").exists()
-    config = OmegaConf.load(run / ("config.yaml" if finished else ".hydra/config.yaml"))
-    config.data._target_ = MOVED_DATA.get(config.data._target_, config.data._target_)
+    config = run_config(run / ("config.yaml" if finished else ".hydra/config.yaml"))
     run_batching = OmegaConf.select(config, "data.paper_test_batches", default="mixed")  # mixed: before the switch
     data = instantiate(config.data, paper_test_batches="anchors")
     data.setup("test")

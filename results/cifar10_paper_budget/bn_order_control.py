@@ -9,16 +9,13 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 sys.path.insert(0, "scripts")
-from paper_batches import MOVED_DATA, train_mode_auroc  # noqa: E402
+from paper_batches import run_config, train_mode_auroc  # noqa: E402
 
 here = Path(__file__).parent
 for run in ["1_ganomaly_airplane_seed0", "0_ganomaly_horse_seed0"]:
-    config = OmegaConf.load(here / run / "config.yaml")  # the sweep's own settings
-    config.data.root = sys.argv[1]
-    config.data._target_ = MOVED_DATA.get(config.data._target_, config.data._target_)
+    config = run_config(here / run / "config.yaml", sys.argv[1])  # the sweep's own settings
     data = instantiate(config.data, paper_test_batches="anchors")
     data.setup("test")
     torch.manual_seed(0)
