@@ -11,10 +11,9 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 sys.path.insert(0, "scripts")
-from paper_batches import MOVED_DATA  # noqa: E402
+from paper_batches import run_config  # noqa: E402
 
 from fned_lightning.checkpoints import read_checkpoint  # noqa: E402
 from fned_lightning.data.base import to_model_range  # noqa: E402
@@ -46,16 +45,14 @@ def mean_abs_error(model, images: torch.Tensor) -> float:
                             for x in images.split(128)]).mean())
 
 
-images = None
-print("| run (last epoch, eval()) | " + " | ".join(["normal", "horse", "uniform noise"]) + " |")
-print("|---|---|---|---|")
-for run in ["0_ganomaly_horse_seed0", "2_skip_ganomaly_horse_seed0", "4_fned_horse_seed0"]:
-    config = OmegaConf.load(here / run / "config.yaml")  # the sweep's own settings
-    config.data.root = cifar10_root
-    config.data._target_ = MOVED_DATA.get(config.data._target_, config.data._target_)
-    images = images or test_images(config)  # the same images for the three runs
+RUNS = ["0_ganomaly_horse_seed0", "2_skip_ganomaly_horse_seed0", "4_fned_horse_seed0"]
+images = test_images(run_config(here / RUNS[0] / "config.yaml", cifar10_root))  # the same images for the three runs
+kinds = list(images)
+print(f"| run (last epoch, eval()) | {' | '.join(kinds)} | {kinds[1]} / normal |")
+print("|---|" + "---|" * (len(kinds) + 1))
+for run in RUNS:
     checkpoint_path = sweep / run / "checkpoints" / "last.ckpt"
     model, _ = rebuild_detector(read_checkpoint(checkpoint_path), checkpoint_path)
     model.eval()
     errors = [mean_abs_error(model, batch) for batch in images.values()]
-    print(f"| {run} | " + " | ".join(f"{error:.4f}" for error in errors) + " |", flush=True)
+    print(f"| {run} | " + " | ".join(f"{error:.4f}" for error in errors) + f" | {errors[1] / errors[0]:.3f} |", flush=True)
