@@ -16,7 +16,8 @@ selected it by (and, once the run has finished, its `paper_auroc`).
     python scripts/paper_batches.py SWEEP_DIR RESULTS_DIR   # writes RESULTS_DIR/paper_batches.{json,md,png}
 
 Unfinished runs are scored too (from their newest checkpoint), and each epoch is scored once: the script
-can be given again as a sweep goes on, and scores only the epochs kept since.
+can be given again as a sweep goes on, and scores only the epochs kept since. An entry of the JSON whose
+name no run of the sweep has (a lost run's, renamed by hand) is kept as it is; its `note` is printed with it.
 """
 
 import json
@@ -50,14 +51,20 @@ def run_config(path: Path, data_root: str | None = None):
 
 
 @torch.inference_mode()
-def train_mode_auroc(model, state: dict, loader) -> float:
+def test_metrics(model, state: dict, loader, train_mode: bool) -> dict[str, float]:
+    """AUROC and AUPRC of these weights on the loader's images: BatchNorm in training mode (the anchors'
+    evaluation) or in eval() mode (the honest test's)."""
     model.load_state_dict(state)  # fresh weights and BatchNorm statistics for every pass
-    model.train()
+    model.train(train_mode)
     scores, labels = [], []
     for images, batch_labels, _ in loader:
         scores.append(model(to_model_range(images)).scores)
         labels.append(batch_labels)
-    return ranking_metrics(torch.cat(scores), torch.cat(labels))["auroc"]
+    return ranking_metrics(torch.cat(scores), torch.cat(labels))
+
+
+def train_mode_auroc(model, state: dict, loader) -> float:
+    return test_metrics(model, state, loader, train_mode=True)["auroc"]
 
 
 def logged_paper_aurocs(run: Path) -> dict[int, float]:
@@ -123,8 +130,9 @@ def table(runs: dict[str, dict]) -> str:
         selected = result["selected_epoch"]
         best = max(per_epoch, key=lambda e: per_epoch[e]["anchors"])
         scored = f"{len(per_epoch)} of {result['last_epoch'] + 1} epochs scored"
-        honest = f"{result['honest_auroc']:.3f}" if result["finished"] else f"running (epoch {result['last_epoch']} done)"
-        lines.append(f"| {MODELS.get(result['model'], result['model'])} | {result['anomaly_class']} | {honest} | "
+        honest = f"{result['honest_auroc']:.3f}" if result["finished"] else f"not finished (epochs 0-{result['last_epoch']})"
+        run = result["anomaly_class"] + (f" ({result['note']})" if result.get("note") else "")
+        lines.append(f"| {MODELS.get(result['model'], result['model'])} | {run} | {honest} | "
                      f"{per_epoch[selected]['mixed']:.3f} (epoch {selected}) | {per_epoch[selected]['anchors']:.3f} | "
                      f"{per_epoch[best]['anchors']:.3f} (epoch {best}; {scored}) | "
                      f"{published(result['model'], result['anomaly_class'])} |")
@@ -161,7 +169,7 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for result in shown.values():
         epochs = sorted(result["per_epoch"], key=int)
-        label = f"{MODELS.get(result['model'], result['model'])}, {result['anomaly_class']}"
+        label = f"{MODELS.get(result['model'], result['model'])}, {result['anomaly_class']}" + (f" ({result['note']})" if result.get("note") else "")
         for batching, style in (("anchors", "-"), ("mixed", ":")):
             ax.plot([int(e) for e in epochs], [result["per_epoch"][e][batching] for e in epochs], style, marker=".",
                     label=f"{label}: {batching} batches")

@@ -260,7 +260,7 @@ def test_paper_batches_rescores_a_run_and_refuses_one_it_does_not_reproduce(tmp_
     assert going.returncode == 0, going.stderr[-3000:]
     result = json.loads((out / "paper_batches.json").read_text())["run"]
     assert not result["finished"] and result["honest_auroc"] is None
-    assert "running (epoch 1 done)" in (out / "paper_batches.md").read_text()
+    assert "not finished (epochs 0-1)" in (out / "paper_batches.md").read_text()
 
     shutil.move(tmp_path / "metrics.json", metrics_file)
     rescored = subprocess.run(script, capture_output=True, text=True, cwd=REPO)
