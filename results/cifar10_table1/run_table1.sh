@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Table 1 whole (issue 35): FNED on the eight CIFAR-10 classes not yet run at the paper's budget, then the
+# baselines, from a worktree at a fixed commit (7f7fb11: protocol=both tests the paper's protocol in the
+# anchors' batches). Given again, it resumes: finished runs are kept, the others go on from their last checkpoint.
+#   git worktree add --detach /root/sweep/fned_7f7fb11 7f7fb11 && (cd /root/sweep/fned_7f7fb11 && make install)
+#   tar -xzf ../shared/datasets/cifar10-jpeg.tar.gz -C /root/sweep/data/cifar10
+#   nohup setsid bash results/cifar10_table1/run_table1.sh >> /root/sweep/table1.log 2>&1 &
+set -e
+cd /root/sweep/fned_7f7fb11
+echo "start $(date -u +%FT%TZ) host $(hostname) cpu '$(lscpu | sed -n 's/^Model name: *//p')' family $(lscpu | sed -n 's/^CPU family: *//p') model $(lscpu | sed -n 's/^Model: *//p') cores $(nproc) commit $(git rev-parse --short HEAD) up since $(uptime -s)" >> /root/sweep/table1_sessions.log
+export WANDB_MODE=disabled
+export OMP_WAIT_POLICY=PASSIVE  # waiting threads sleep: the sweep shares 2 cores with other work
+classes=automobile,bird,cat,deer,dog,frog,ship,truck
+budget="seed=0 protocol=both trainer.max_epochs=15 trainer.limit_train_batches=1.0 trainer.limit_val_batches=1.0 trainer.limit_test_batches=1.0"
+for model in fned skip_ganomaly ganomaly; do  # FNED first: the issue closes on its eight rows
+  nice -n 19 .venv/bin/python -m fned_lightning.train -m experiment=cifar10_cpu data.root=/root/sweep/data/cifar10 \
+    model=$model "anomaly_class=$classes" $budget hydra.sweep.dir=/root/sweep/multirun/cifar10_table1_$model
+done
