@@ -11,6 +11,7 @@ just after each training step. Medians of `--repeats` after `--warmup`. A benchm
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import time
@@ -27,7 +28,8 @@ from fned_lightning.data.synthetic import SyntheticParts
 from fned_lightning.loggers import hide_lightning_tips
 from fned_lightning.scoring import residual_map, smooth
 
-MODELS = ("fned", "ganomaly", "skip_ganomaly", "fanogan")
+CONF = Path(__file__).resolve().parents[1] / "conf"
+MODELS = sorted(path.stem for path in (CONF / "model").glob("*.yaml"))  # every model config
 
 
 def median_seconds(step, repeats: int, warmup: int) -> float:
@@ -91,7 +93,7 @@ class StepTimer(L.Callback):
 def model_config(name: str, image_size: int):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=[f"model={name}", "data=synthetic", f"data.image_size={image_size}", "data.channels=3"])
 
 
@@ -102,16 +104,16 @@ def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmu
                           image_size=image_size, channels=3, batch_size=batch_size, val_fraction=0.0)
     model = instantiate(cfg.model)
     timer = StepTimer(ConvYardstick(torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")))
-    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=2 if name == "fanogan" else 1, limit_val_batches=0, logger=False,
+    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=model.fit_epochs, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[timer, Speedups(channels_last=channels_last)])
-    trainer.fit(model, datamodule=data)  # f-AnoGAN needs two: the first its WGAN-GP, the second its encoder
-    if name == "fanogan":  # WGAN-GP batches, averaged over one cycle: a generator update every `critic_steps`
-        timed = slice(warmup, min(warmup + model.hparams.critic_steps, len(timer.times) // 2))
-        train_seconds = statistics.mean(timer.times[timed])
-    else:
-        timed = slice(warmup, None)
-        train_seconds = statistics.median(timer.times[timed])
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=data)  # f-AnoGAN needs two epochs: the first its WGAN-GP, the second its encoder
+    fit_seconds = time.perf_counter() - start  # the whole fit: a feature model's own fitting at the end included
+    first_epoch = len(timer.times) // model.fit_epochs
+    cycle = model.hparams.get("critic_steps", 1)  # f-AnoGAN: a generator update every `critic_steps` batches
+    timed = slice(warmup, min(warmup + cycle, first_epoch) if cycle > 1 else first_epoch)
+    train_seconds = (statistics.mean if cycle > 1 else statistics.median)(timer.times[timed])
     yardstick_gflop_per_s = ConvYardstick.FLOPS / statistics.median(timer.yardstick_times[timed]) / 1e9
 
     device = model.device
@@ -127,20 +129,21 @@ def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmu
 
     infer_seconds = median_seconds(infer, repeats, warmup)  # maps included: every forward computes them
     with torch.inference_mode():
-        x_fake = model(x).x_fake
+        detection = model(x)
 
-    def maps():  # the anomaly maps alone, to see what they add to inference
+    def maps():  # a reconstruction model's anomaly maps alone, to see what they add to inference
         with torch.inference_mode():
-            smooth(residual_map(x, x_fake), model.map_sigma)
+            smooth(residual_map(x, detection.x_fake), model.map_sigma)
         sync(device)
 
-    map_seconds = median_seconds(maps, repeats, warmup)
+    map_seconds = median_seconds(maps, repeats, warmup) if detection.x_fake is not None else math.nan
     with torch.no_grad(), FlopCount() as counter:  # inference_mode would skip the counting mode
         model(x)
     infer_flops = counter.total / batch_size
     train_flops = training_flops(name, batch_size, image_size) / batch_size
     train_gflop_per_s = train_flops * batch_size / train_seconds / 1e9
     return {
+        "fit_images_per_s": len(data.train_set) * model.fit_epochs / fit_seconds,
         "train_images_per_s": batch_size / train_seconds,
         "train_gflop_per_image": train_flops / 1e9,
         "train_gflop_per_s": train_gflop_per_s,
@@ -188,11 +191,11 @@ def training_flops(name: str, batch_size: int, image_size: int) -> float:
     """FLOPs of one training step (all its forwards and backwards), counted on the CPU; for f-AnoGAN,
     averaged over one cycle of `critic_steps` critic updates and one generator update."""
     model = instantiate(model_config(name, image_size).model)
-    batches = model.hparams.critic_steps if name == "fanogan" else 1
+    batches = model.hparams.get("critic_steps", 1)
     data = SyntheticParts(n_train=batch_size * batches, n_test_normal=8, n_test_abnormal=8, image_size=image_size,
                           channels=3, batch_size=batch_size, val_fraction=0.0)
     counter = FirstEpochFlops()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=2 if name == "fanogan" else 1, limit_val_batches=0, logger=False,
+    trainer = L.Trainer(accelerator="cpu", max_epochs=model.fit_epochs, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[counter])
     trainer.fit(model, datamodule=data)

@@ -44,6 +44,8 @@ def write(wrapper: ScoreAndMap, example: torch.Tensor, output: Path, format: str
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter (dynamo=False), which tests/test_predict.py checks against onnxruntime
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        # PatchCore's gather of each image's worst patch: its indices are never negative, the case this warns of
+        warnings.filterwarnings("ignore", message=".*advanced indexing in opset")
         # the maps' reflect padding exports as reversed slices, which ONNX leaves unfolded: harmless
         warnings.filterwarnings("ignore", message=".*Only steps=1 can be constant folded")
         # shapes read as numbers (the maps' kernel radius, GroupNorm's batch check): right, as an export has one

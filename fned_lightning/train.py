@@ -20,18 +20,18 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fned_lightning.callbacks import PaperProtocol
 from fned_lightning.checkpoints import MOVED, read_checkpoint
 from fned_lightning.data.base import to_model_range
 from fned_lightning.errors import InputError, check_number, check_options, fail, input_error_in, run_hydra_cli
 from fned_lightning.figures import anomaly_map_grid, reconstruction_grid, roc_and_pr_curves, score_histogram
 from fned_lightning.loggers import hide_lightning_tips, run_id
-from fned_lightning.models.detector import PROTOCOLS
+from fned_lightning.protocols import PaperProtocol, check_protocol
 from fned_lightning.scoring import min_max_normalise
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning on newer torch: noise
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")  # we log per epoch; short epochs are fine
+warnings.filterwarnings("ignore", message=r".*this fit will run with no optimizer")  # PaDiM, PatchCore: fitted, not trained
 hide_lightning_tips()
 
 
@@ -46,8 +46,7 @@ OmegaConf.register_new_resolver("wandb_run_id", run_id, replace=True)
 
 
 def train(cfg: DictConfig) -> dict:
-    if cfg.protocol not in PROTOCOLS:
-        raise InputError(f"unknown protocol={cfg.protocol}; choose one of: {', '.join(PROTOCOLS)}")
+    check_protocol(cfg.protocol)
     output_dir = Path(cfg.output_dir)
     if (output_dir / "metrics.json").exists():  # a rerun (or Slurm requeue) of a finished run: results stay as written
         log.info("this run has finished already; its results are in %s", output_dir)
@@ -205,10 +204,12 @@ def write_figures(output_dir: Path, metrics: dict, model, datamodule, per_class:
     with torch.inference_mode():
         x = to_model_range(test.images[chosen].to(model.device))
         detection = model(x)
-    x, x_fake, maps = x.cpu(), detection.x_fake.cpu(), detection.maps.cpu()
-    names = [name for name, pick in zip(("normal", "defect"), picks) if len(pick)]
-    groups = {name: (x[i * count : (i + 1) * count], x_fake[i * count : (i + 1) * count]) for i, name in enumerate(names)}
-    paths.append(reconstruction_grid(groups, folder / "reconstructions.png", title))
+    x, maps = x.cpu(), detection.maps.cpu()
+    if detection.x_fake is not None:  # a model that reconstructs
+        x_fake = detection.x_fake.cpu()
+        names = [name for name, pick in zip(("normal", "defect"), picks) if len(pick)]
+        groups = {name: (x[i * count : (i + 1) * count], x_fake[i * count : (i + 1) * count]) for i, name in enumerate(names)}
+        paths.append(reconstruction_grid(groups, folder / "reconstructions.png", title))
     masks = test.masks[chosen].cpu() if test.masks is not None else None
     titles = [column_title(datamodule.test_names[i], int(label)) for i, label in zip(chosen.tolist(), test.labels[chosen].tolist())]
     paths.append(anomaly_map_grid(x, masks, maps, titles, model.pixel_threshold.item(),

@@ -62,13 +62,33 @@ def compose_config(*overrides: str, return_hydra: bool = False):
         return compose("train", overrides=list(overrides), return_hydra_config=return_hydra)
 
 
-TINY_MODELS = {  # every model config, a few channels wide
-    "fned": ["model=fned", "model.generator.width=4", "model.discriminator.width=8"],
-    "ganomaly": ["model=ganomaly", "model.generator.width=4", "model.discriminator.width=8", "model.generator.latent=8"],
-    "skip_ganomaly": ["model=skip_ganomaly", "model.generator.width=4", "model.discriminator.width=8"],
-    "fanogan": ["model=fanogan", "model.generator.width=4", "model.critic.width=4", "model.encoder.width=4",
-                "model.latent=8", "model.critic_steps=2"],
+MODELS = sorted(path.stem for path in (REPO / "conf" / "model").glob("*.yaml"))  # a new model config joins every test of them all
+TINY_SETTINGS = {  # models whose networks are trained: a few channels wide (any other runs as its config says)
+    "fned": ["model.generator.width=4", "model.discriminator.width=8"],
+    "ganomaly": ["model.generator.width=4", "model.discriminator.width=8", "model.generator.latent=8"],
+    "skip_ganomaly": ["model.generator.width=4", "model.discriminator.width=8"],
+    "fanogan": ["model.generator.width=4", "model.critic.width=4", "model.encoder.width=4", "model.latent=8",
+                "model.critic_steps=2"],
 }
+TINY_MODELS = {name: [f"model={name}", *TINY_SETTINGS.get(name, [])] for name in MODELS}
+
+
+def model_class(name: str) -> type:
+    """The class a model config builds (read from its file: nothing is instantiated)."""
+    import yaml
+    from hydra.utils import get_class
+
+    config = yaml.safe_load((REPO / "conf" / "model" / f"{name}.yaml").read_text())
+    return get_class(config.get("_target_") or config["model"]["_target_"])
+
+
+def models_of(family: str) -> list[str]:
+    """The model configs whose class is of a family: `ReconstructionDetector` or `FeatureDetector`."""
+    from fned_lightning.models.features import FeatureDetector
+    from fned_lightning.models.reconstruction import ReconstructionDetector
+
+    base = {"reconstruction": ReconstructionDetector, "features": FeatureDetector}[family]
+    return [name for name in MODELS if issubclass(model_class(name), base)]
 
 
 PROCESS_STARTERS = {"run_cli", "kill_after_first_checkpoint", "subprocess"}

@@ -1,20 +1,31 @@
 import json
 
+import pytest
 import torch
 
 from fned_lightning import bench
 
 
-def test_bench_writes_every_model_and_the_data_path(tmp_path, capsys):
+def test_bench_knows_every_model_config():
+    from tests.conftest import MODELS
+
+    assert bench.MODELS == MODELS
+
+
+def test_bench_writes_the_models_asked_for_and_the_data_path(tmp_path, capsys):
     out = tmp_path / "results.json"
-    bench.main(["--out", str(out), "--batch-size", "4", "--image-size", "16", "--repeats", "1", "--warmup", "1"])
+    # one model of each family: a trained GAN and a fitted feature model
+    bench.main(["--out", str(out), "--models", "fned", "padim", "--batch-size", "4", "--image-size", "32", "--repeats", "1",
+                "--warmup", "1"])
     results = json.loads(out.read_text())
-    assert set(results["models"]) == set(bench.MODELS)
+    assert set(results["models"]) == {"fned", "padim"}
     assert results["channels_last"] is True  # what training uses by default
-    for r in results["models"].values():
-        assert r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0 and r["yardstick_gflop_per_s"] > 0
-        assert r["train_gflop_per_image"] > r["infer_gflop_per_image"] > 0  # a step is forwards and backwards
-        assert 0 < r["train_fraction_of_yardstick"] < 10  # a fraction of the machine's best conv speed
+    for name, r in results["models"].items():
+        assert r["fit_images_per_s"] > 0 and r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0
+        assert r["yardstick_gflop_per_s"] > 0 and 0 < r["train_fraction_of_yardstick"] < 10
+    fned, padim = results["models"]["fned"], results["models"]["padim"]
+    assert fned["train_gflop_per_image"] > fned["infer_gflop_per_image"] > 0  # a step is forwards and backwards
+    assert padim["train_gflop_per_image"] == pytest.approx(padim["infer_gflop_per_image"], rel=0.5)  # features, no backward
     assert results["data_path"]["images_per_s"] > 0
     assert "| fned |" in capsys.readouterr().out
 

@@ -1,4 +1,4 @@
-"""Training learns: on one fixed batch of synthetic parts, every model's reconstruction error falls."""
+"""Training learns: on one fixed batch of synthetic parts, every reconstruction model's error falls."""
 
 import lightning as L
 import pytest
@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 
 from fned_lightning.data.base import to_model_range
 from fned_lightning.data.synthetic import SyntheticParts
-from tests.conftest import TINY_MODELS, compose_config
+from tests.conftest import TINY_MODELS, compose_config, models_of
 
 EPOCHS, BATCHES = 2, 30  # f-AnoGAN: its GAN's epoch, then its encoder's
 
@@ -31,7 +31,7 @@ def reconstruction_error(model, x: torch.Tensor) -> float:
         return (model(x).x_fake - x).abs().mean().item()
 
 
-@pytest.mark.parametrize("name", list(TINY_MODELS))
+@pytest.mark.parametrize("name", models_of("reconstruction"))
 def test_the_reconstruction_error_on_a_fixed_batch_falls_with_training(name):
     L.seed_everything(0)
     data = SyntheticParts(n_train=16, n_test_normal=4, n_test_abnormal=4, image_size=16, channels=1, val_fraction=0.0)

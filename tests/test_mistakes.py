@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, TINY_MODELS, run_cli
+from tests.conftest import MODELS, TINY, TINY_MODELS, run_cli
 
 SYNTHETIC = ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
 FANOGAN = TINY_MODELS["fanogan"]  # its own widths: it has no model.discriminator
@@ -56,7 +56,7 @@ MISTAKES = [
     (TRAIN, [*SYNTHETIC, "+trainer.max_epoch=1"], "trainer.max_epoch is not an option of Trainer; did you mean trainer.max_epochs"),
     (TRAIN, [*SYNTHETIC, "+model.score_weigth=0.5"], "model.score_weigth is not an option of FNED; did you mean model.score_weight"),
     (TRAIN, [*SYNTHETIC, "+data.n_trian=8"], "data.n_trian is not an option of SyntheticParts; did you mean data.n_train"),
-    (TRAIN, [*SYNTHETIC, "model=fnedd"], "unknown model=fnedd; choose one of: fanogan, fned, ganomaly, skip_ganomaly"),
+    (TRAIN, [*SYNTHETIC, "model=fnedd"], f"unknown model=fnedd; choose one of: {', '.join(MODELS)}"),
     (TRAIN, [*SYNTHETIC, "data=parts"], "unknown data=parts; choose one of: cifar10, folder, synthetic"),
     (TRAIN, [*SYNTHETIC, "model.lr=-1"], "model.lr must be a number > 0, got -1"),
     (TRAIN, [*SYNTHETIC, "model=ganomaly", "model.generator.widht=8"], "did you mean model.generator.width?"),
@@ -76,6 +76,15 @@ MISTAKES = [
     (TRAIN, [*SYNTHETIC, "model.generator.skip_levels=7"], "model.generator.skip_levels must be 0 (the paper's) to 4, got 7"),
     (TRAIN, [*SYNTHETIC, *FANOGAN, "trainer.max_epochs=1"], "model=fanogan trains a GAN and then an encoder: it needs trainer.max_epochs >= 2"),
     (TRAIN, [*SYNTHETIC, *FANOGAN, "model.critic_steps=0"], "model.critic_steps must be a whole number >= 1, got 0"),
+    (TRAIN, [*SYNTHETIC, "model=padim", "trainer.max_epochs=3"], "model=padim is fitted in one pass over the training "
+                                                                 "images, with no optimiser: trainer.max_epochs=3 does not apply; give trainer.max_epochs=1"),
+    (TRAIN, [*SYNTHETIC, "model=patchcore", "protocol=both"], "protocol=both does not apply; give protocol=honest"),
+    (TRAIN, [*SYNTHETIC, "model=padim", "model.backbone=vgg16"],
+     "unknown model.backbone=vgg16; choose one of: efficientnet_lite0, wide_resnet50_2, resnet18"),
+    (TRAIN, [*SYNTHETIC, "model=padim", "model.strides=[8,64]"], "model.strides=[8, 64]: give distinct strides of efficientnet_lite0's stages"),
+    (TRAIN, [*SYNTHETIC, "model=padim", "model.n_features=1000"], "model.n_features=1000: the chosen stages of efficientnet_lite0 have 152 channels"),
+    (TRAIN, [*SYNTHETIC, "model=patchcore", "model.coreset_ratio=0"], "model.coreset_ratio must be a number > 0"),
+    (TRAIN, [*SYNTHETIC, "model=patchcore", "model.neighbourhood=2"], "model.neighbourhood=2 must be odd"),
     (TRAIN, [*SYNTHETIC, "hydra.run.dir={files}/afile.png/run"], "cannot create the run folder {files}/afile.png/run"),
     (TRAIN, [*SYNTHETIC, "ckpt_path=/nonexistent/last.ckpt"], "no checkpoint at ckpt_path=/nonexistent/last.ckpt"),
     (TRAIN, [*SYNTHETIC, "data.image_size=16", "model=ganomaly", "ckpt_path={run}/checkpoints/last.ckpt"],
@@ -113,7 +122,8 @@ def test_every_mistake_gets_one_line_exit_2_and_leaves_nothing(tmp_path, trained
     fill = {"run": trained, "files": files}
     arguments = [a.format(**fill) for a in arguments]
     if module == TRAIN:
-        arguments = [*(["logger=csv"] if any("fanogan" in a for a in arguments) else TINY), *arguments]
+        other_model = any(a.startswith("model=") and a != "model=fned" for a in arguments)  # TINY's widths are FNED's
+        arguments = [*(["logger=csv"] if other_model else TINY), *arguments]
         if not any(a.startswith("hydra.run.dir=") for a in arguments):
             arguments.append(f"hydra.run.dir={tmp_path / 'run'}")
     before = tree(tmp_path), tree(files), tree(trained)

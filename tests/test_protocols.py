@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from fned_lightning.callbacks import PaperProtocol
+from fned_lightning.protocols import PaperProtocol
 from fned_lightning.data.synthetic import SyntheticParts
 from tests.conftest import TINY, TINY_MODELS, compose_config, run_cli
 

@@ -19,17 +19,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from fned_lightning.defects import paint_defects
 from fned_lightning.errors import InputError, check_image_size, check_number
 from fned_lightning.models.intensity import INTENSITIES, image_moments
+from fned_lightning.protocols import PAPER_TEST_BATCHES, anchors_order, batches_read
 from fned_lightning.scoring import MASK_UNKNOWN
 from fned_lightning.seeding import epoch_seed
 
-PAPER_TEST_BATCHES = ("anchors", "mixed")
-
 log = logging.getLogger(__name__)
-
-
-def batches_read(limit: int | float, n_batches: int) -> int:
-    """How many of a test loader's `n_batches` batches Lightning reads under `trainer.limit_test_batches`."""
-    return min(n_batches, limit if isinstance(limit, int) else math.ceil(limit * n_batches))
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -300,11 +294,7 @@ class AnomalyDataModule(L.LightningDataModule):
             return self._loader(self.test_set, self.eval_batch_size)
         order = torch.arange(len(self.test_set))
         if self.ANCHORS_SORT_TEST_BY_LABEL:
-            # sorted within the images that trainer.limit_test_batches lets the test read (all, by default), so
-            # that a limited test still holds both labels; a stable sort: the normal images keep their mixed order
-            read = order[: self.images_read(self.batch_size)]
-            labels = self.test_set.labels[: len(read)].cpu()
-            order = torch.cat([read[labels == 0], read[labels != 0], order[len(read):]])
+            order = anchors_order(self.test_set.labels, self.images_read(self.batch_size))
         return self._loader(self.test_set, self.batch_size, order=order.tolist())
 
     def images_read(self, batch_size: int) -> int:

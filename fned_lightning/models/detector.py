@@ -1,5 +1,7 @@
-"""What every model shares: anomaly maps, validation fits the score normalisation and thresholds,
-test computes the image and pixel metrics."""
+"""What every model shares, whatever it is and however it learns: the evaluation. Validation fits the
+score normalisation and the thresholds (kept in the checkpoint, for predict and export), test computes
+the image and pixel metrics and checks for a shift, under the protocol of `fned_lightning.protocols`.
+A model family gives `detect` (scores and maps; models.reconstruction, models.features) and its training."""
 
 import logging
 from typing import NamedTuple
@@ -9,6 +11,7 @@ import torch
 
 from fned_lightning.errors import InputError, check_number
 from fned_lightning.models.intensity import INTENSITIES, image_moments, match_intensity
+from fned_lightning.protocols import check_protocol
 from fned_lightning.seeding import epoch_seed
 from fned_lightning.scoring import (
     defect_residual_ratio,
@@ -25,18 +28,17 @@ from fned_lightning.scoring import (
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("honest", "paper", "both")  # both: the honest evaluation and the paper's, from one training run
 IMAGE_SCORES = ("paper", "map_max", "map_filtered_max")  # the paper's (each model's own), the map's maximum, DRAEM's
 
 
 class Detection(NamedTuple):
     """What a detector gives for a batch of images."""
 
-    scores: torch.Tensor        # N: the image score chosen by `image_score`
-    maps: torch.Tensor          # N x H x W: the smoothed residual, at the input's resolution
-    x_fake: torch.Tensor        # N x C x H x W: reconstructions, in the image's own intensity
-    paper_scores: torch.Tensor  # N: the paper's score, whichever `image_score` is chosen
-    residuals: torch.Tensor     # N x H x W: the raw residual, before smoothing (the shortcut diagnostic's)
+    scores: torch.Tensor            # N: the image score chosen by `image_score`
+    maps: torch.Tensor              # N x H x W: the anomaly map, at the input's resolution
+    x_fake: torch.Tensor | None     # N x C x H x W: reconstructions, in the image's own intensity (None: no reconstruction)
+    paper_scores: torch.Tensor      # N: the model's own score (its paper's), whichever `image_score` is chosen
+    residuals: torch.Tensor | None  # N x H x W: the raw residual |x - x_fake|, before smoothing (the shortcut diagnostic's)
 
 
 def check_optimiser(lr_options: dict[str, float], betas) -> None:
@@ -74,8 +76,14 @@ PER_PIXEL = ("maps", "residuals")
 
 def scored(detection: Detection, labels: torch.Tensor, index: torch.Tensor, keep_maps: bool, keep_residuals: bool) -> Scored:
     none = slice(0)  # kept only where they are used: the maps are the largest part
+    residuals = detection.residuals if detection.residuals is not None else detection.maps[none]
     return Scored(detection.scores, detection.paper_scores, detection.maps.flatten(1).amax(1), labels, index,
-                  detection.maps[slice(None) if keep_maps else none], detection.residuals[slice(None) if keep_residuals else none])
+                  detection.maps[slice(None) if keep_maps else none], residuals[slice(None) if keep_residuals else none])
+
+
+def residual_ratio(residuals: torch.Tensor, masks: torch.Tensor) -> float | None:
+    """scoring.defect_residual_ratio, or None for a model that reconstructs nothing."""
+    return defect_residual_ratio(residuals, masks) if len(residuals) else None
 
 
 def by_image_score(paper_scores: torch.Tensor, map_scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -85,7 +93,7 @@ def by_image_score(paper_scores: torch.Tensor, map_scores: torch.Tensor, labels:
 
 
 class AnomalyDetector(L.LightningModule):
-    """Evaluation shared by every model; subclasses give `score(x) -> (scores, x_fake)` and training.
+    """Evaluation shared by every model; subclasses give `detect(x)`, `map_description()` and training.
 
     After each validation run, on the normal validation split, it fits and keeps in the checkpoint
     `score_min` / `score_max` (the min-max normalisation, so a deployed model normalises one image
@@ -98,9 +106,8 @@ class AnomalyDetector(L.LightningModule):
     kept in the checkpoint) before the networks see it, in training and in `forward`, so validation,
     test, predict and the exported model all see the same: a lighting drift is not an anomaly.
 
-    Every `forward` also gives anomaly maps: |x - x_fake| of the images as the networks see them,
-    averaged over channels and smoothed with a Gaussian of `map_sigma` pixels (or, with a segmentation
-    head, its defect probabilities). `image_score` chooses the image score: the paper's (default), the
+    Every `forward` also gives anomaly maps (a reconstruction model's smoothed residual, a feature model's
+    distance map: each family's `detect`). `image_score` chooses the image score: the model's own (`paper`, default), the
     map's maximum, or the maximum of the mean-filtered map (DRAEM's); the first two are reported at test. Validation
     also fits `pixel_threshold`, the map value that `false_positive_rate` of normal pixels exceed.
     """
@@ -108,8 +115,7 @@ class AnomalyDetector(L.LightningModule):
     def __init__(self, threshold: float = 0.2, protocol: str = "honest", false_positive_rate: float = 0.05,
                  intensity: str = "none", map_sigma: float = 4.0, image_score: str = "paper"):
         super().__init__()
-        if protocol not in PROTOCOLS:
-            raise InputError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+        check_protocol(protocol)
         check_number("model.threshold", threshold, 0, 1)
         check_number("model.false_positive_rate", false_positive_rate, 0, 1, above_low=True, below_high=True)
         if intensity not in INTENSITIES:
@@ -130,8 +136,11 @@ class AnomalyDetector(L.LightningModule):
         self.test_results: dict | None = None
         self.val_results: dict = {}  # data.synthetic_val_defects, data.val_defects: the last validation's defect metrics
 
+    fit_epochs = 1  # the fewest epochs a fit takes (f-AnoGAN: two, its GAN's and its encoder's)
+
     def check_epochs(self, max_epochs: int) -> None:
-        """A model that needs more epochs than it is given says so before anything runs (f-AnoGAN: two phases)."""
+        """A model that cannot train for `max_epochs` says so before anything runs (f-AnoGAN: two phases; a
+        feature model: one pass)."""
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -157,14 +166,12 @@ class AnomalyDetector(L.LightningModule):
         return x if self.intensity == "none" else match_intensity(x, self.intensity_mean, self.intensity_std)
 
     def forward(self, x: torch.Tensor) -> Detection:
-        """Raw anomaly scores, anomaly maps and reconstructions of images in [-1, 1]. The maps compare
-        the images as the networks see them (as the score does); the reconstruction is returned in the
-        image's own intensity, for figures."""
+        """Raw anomaly scores and anomaly maps (and reconstructions, for a model that makes them) of images
+        in [-1, 1]. The model sees each image intensity-matched (`match_intensity`); a reconstruction is
+        returned in the image's own intensity, for figures."""
         seen = self.match_intensity(x)
-        paper_scores, x_fake = self.score(seen)
-        residuals = residual_map(seen, x_fake)
-        maps = self.anomaly_maps(seen, x_fake, residuals)
-        if self.intensity == "per_image":
+        paper_scores, maps, x_fake, residuals = self.detect(seen)
+        if x_fake is not None and self.intensity == "per_image":
             mean, std = image_moments(x)
             x_fake = (x_fake - self.intensity_mean) * (std.clamp_min(1e-3) / self.intensity_std) + mean
         if self.image_score == "paper":
@@ -173,22 +180,25 @@ class AnomalyDetector(L.LightningModule):
             scores = maps.flatten(1).amax(1) if self.image_score == "map_max" else filtered_max(maps)
         return Detection(scores, maps, x_fake, paper_scores, residuals)
 
-    def anomaly_maps(self, seen: torch.Tensor, x_fake: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
-        """N x H x W: the residual smoothed with a Gaussian of `map_sigma` pixels (a model with a
-        segmentation head gives the head's instead)."""
-        return smooth(residuals, self.map_sigma)
+    def detect(self, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Each model family's own: (its own image scores, anomaly maps N x H x W, reconstructions or None,
+        raw residuals |x - x_fake| or None) of images as the model sees them."""
+        raise NotImplementedError(f"{type(self).__name__} must define detect(x)")
 
-    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each model's own: raw scores and reconstructions of images as the networks see them."""
-        raise NotImplementedError(f"{type(self).__name__} must define score(x)")
+    def map_description(self) -> str:
+        """What the anomaly map is, for the exported model's notes."""
+        raise NotImplementedError(f"{type(self).__name__} must define map_description()")
 
     def normalise(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores mapped with the (min, max) fitted on normal validation images."""
         return min_max_normalise(scores, self.score_min.item(), self.score_max.item())
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/lr", self.optimizers()[0].param_groups[0]["lr"])  # the rate this epoch used, before the step
-        for scheduler in self.lr_schedulers() or []:
+        optimizers = [o for o in self.trainer.optimizers if o.param_groups]  # Lightning's stand-in for none has no groups
+        if optimizers:  # a model fitted without an optimiser (models.features) has no rate
+            self.log("train/lr", optimizers[0].param_groups[0]["lr"])  # the rate this epoch used
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
             scheduler.step()  # per epoch, by hand: manual optimization leaves schedulers to us
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -210,7 +220,8 @@ class AnomalyDetector(L.LightningModule):
         normal = labels == 0  # only normal images fit the normalisation and the thresholds
         if (~normal).any():
             self.val_results = self.validation_defect_metrics(val)
-            self.log_dict({k.replace("val_", "val/", 1): float(v) for k, v in self.val_results.items()}, rank_zero_only=True)
+            self.log_dict({k.replace("val_", "val/", 1): float(v) for k, v in self.val_results.items() if v is not None},
+                          rank_zero_only=True)
         scores, maps = scores[normal], maps[normal]
         self.score_min.fill_(scores.min())
         self.score_max.fill_(scores.max())
@@ -238,7 +249,7 @@ class AnomalyDetector(L.LightningModule):
             part_masks = masks[part.to(masks.device)] if masks is not None else None
             if part_masks is not None and (part_masks == 1).any():
                 metrics |= {k: v for k, v in pixel_metrics(subset.maps, part_masks, None).items() if k != "pixel_f1"}
-                metrics["defect_residual_ratio"] = defect_residual_ratio(subset.residuals, part_masks)
+                metrics["defect_residual_ratio"] = residual_ratio(subset.residuals, part_masks)
             results |= {prefix + k: v for k, v in metrics.items()}
         return results
 
@@ -309,7 +320,7 @@ class AnomalyDetector(L.LightningModule):
             pixel_threshold = self.pixel_threshold.item() if fitted and not torch.isnan(self.pixel_threshold) else None
             masks = masks[test.index.to(masks.device)]
             metrics |= pixel_metrics(test.maps, masks, pixel_threshold)
-            metrics["defect_residual_ratio"] = defect_residual_ratio(test.residuals, masks)
+            metrics["defect_residual_ratio"] = residual_ratio(test.residuals, masks)
         prefix = "test_paper/" if self.protocol == "paper" else "test/"  # never the same keys for both evaluations
         self.log_dict({prefix + k: v for k, v in metrics.items() if isinstance(v, float)}, rank_zero_only=True)
         self.test_results = {"metrics": metrics, "scores": scores.cpu(), "labels": labels.cpu(), "index": test.index.cpu(),

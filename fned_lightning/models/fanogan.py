@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from fned_lightning.errors import InputError, check_number
-from fned_lightning.models.detector import AnomalyDetector, check_optimiser
+from fned_lightning.models.detector import check_optimiser
+from fned_lightning.models.reconstruction import ReconstructionDetector
 
 
-class FAnoGAN(AnomalyDetector):
+class FAnoGAN(ReconstructionDetector):
     """A WGAN-GP (`critic_steps` critic updates per generator update, gradient penalty `gp_weight`,
     Adam) for the first epochs, then the izi_f encoder (image MSE + kappa * critic-feature MSE,
     RMSprop) for the last `encoder_fraction`, with G and the critic frozen and in eval() mode.
@@ -55,8 +56,10 @@ class FAnoGAN(AnomalyDetector):
         total = self.trainer.max_epochs
         return total - max(1, round(total * self.hparams.encoder_fraction))
 
+    fit_epochs = 2
+
     def check_epochs(self, max_epochs: int) -> None:
-        if (max_epochs or 0) < 2:
+        if (max_epochs or 0) < self.fit_epochs:
             raise InputError("model=fanogan trains a GAN and then an encoder: it needs trainer.max_epochs >= 2")
 
     def on_fit_start(self) -> None:

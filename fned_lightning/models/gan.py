@@ -16,7 +16,8 @@ from torchvision.ops import sigmoid_focal_loss
 
 from fned_lightning.defects import check_corruption, corrupt
 from fned_lightning.errors import InputError, check_number
-from fned_lightning.models.detector import AnomalyDetector, check_optimiser
+from fned_lightning.models.detector import check_optimiser
+from fned_lightning.models.reconstruction import ReconstructionDetector
 from fned_lightning.networks.dcgan import dcgan_init
 from fned_lightning.seeding import epoch_seed
 from fned_lightning.simulated_anomalies import SOURCES, check_sources, simulate_anomalies
@@ -38,7 +39,7 @@ def real_fake_bce(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch
         F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
 
-class AnomalyGAN(AnomalyDetector):
+class AnomalyGAN(ReconstructionDetector):
     """A generator and a discriminator trained in alternation. G and D are built from their configs
     here, so a checkpoint alone rebuilds the model. Subclasses give `generator_losses`,
     `discriminator_loss` and `score`, and `reconstruct` where G returns more than x_fake.

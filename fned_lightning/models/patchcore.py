@@ -1,0 +1,101 @@
+"""PatchCore (Roth, Pemula, Zepeda, Schoelkopf, Brox, Gehler, CVPR 2022, arXiv 2106.08265): a memory bank
+of locally aware normal patch features, thinned by greedy coreset selection; a test patch's distance to
+its nearest bank feature is its anomaly, the image's score the largest, reweighted (the paper's eq. 7)."""
+
+import math
+
+import torch
+
+from fned_lightning.errors import InputError, check_number
+from fned_lightning.models.features import FeatureDetector
+from fned_lightning.networks.backbones import LITE0
+
+BANK_CHUNK = 4096  # bank rows per distance block at test: memory (N*P x chunk floats), not the result, depends on it
+
+
+def greedy_coreset(features: torch.Tensor, size: int, projection_dim: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of `size` rows of `features` (M x C) chosen by greedy k-center selection (the paper's Alg. 1):
+    from a random first row, each next row is the one farthest from those chosen, distances taken on a
+    random Gaussian projection to `projection_dim` dimensions (Johnson-Lindenstrauss), all on the rows' device."""
+    if projection_dim < features.shape[1]:
+        projection = torch.randn(features.shape[1], projection_dim, generator=generator) / math.sqrt(projection_dim)
+        features = features @ projection.to(features)
+    first = int(torch.randint(len(features), (1,), generator=generator))
+    chosen = torch.empty(size, dtype=torch.long, device=features.device)
+    chosen[0] = first
+    # |f - c|^2 = |f|^2 - 2 f.c + |c|^2: one vector-matrix product a step, no M x C temporary; against the
+    # transposed rows (C x M), which reads memory in order (3x faster than rows x vector on this CPU)
+    norms, columns = features.pow(2).sum(1), features.T.contiguous()
+    nearest = norms - 2 * features[first] @ columns + norms[first]  # squared distance to the nearest chosen row
+    for i in range(1, size):
+        chosen[i] = nearest.argmax()  # stays on the device: no wait per step
+        row = chosen[i]
+        torch.minimum(nearest, norms - 2 * features[row] @ columns + norms[row], out=nearest)
+    return chosen
+
+
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a_i - b_j|^2 for rows of a (M x C) and b (K x C), as matrix products (exported to ONNX as such)."""
+    return (a.pow(2).sum(1, keepdim=True) - 2 * a @ b.T + b.pow(2).sum(1)).clamp_min(0)
+
+
+class PatchCore(FeatureDetector):
+    """Bank: every training patch's features (`neighbourhood` 3: each the average of its 3x3 neighbours),
+    reduced to `coreset_ratio` of them by `greedy_coreset` on a `projection_dim` projection (seeded by the
+    run's seed). Patch score: the distance to the nearest bank feature m*. Image score: s* = the largest
+    patch score, of test patch m_test, times w = 1 - exp(s*) / sum exp(|m_test - m|) over the `reweight_neighbours`
+    bank features m nearest m* (m* among them): the paper's, which scores higher where m* is itself far from
+    its bank neighbours (a rare normal occurrence)."""
+
+    FITTED = ("memory_bank",)
+
+    def __init__(self, backbone: str = LITE0, strides: tuple[int, ...] = (8, 16), neighbourhood: int = 3,
+                 coreset_ratio: float = 0.01, projection_dim: int = 128, reweight_neighbours: int = 9, **evaluation):
+        super().__init__(backbone, strides, neighbourhood, **evaluation)
+        self.save_hyperparameters()
+        check_number("model.coreset_ratio", coreset_ratio, 0, 1, above_low=True)
+        check_number("model.projection_dim", projection_dim, 1, integer=True)
+        check_number("model.reweight_neighbours", reweight_neighbours, 1, integer=True)
+        self.register_buffer("memory_bank", torch.empty(0))
+        self.patches: list[torch.Tensor] = []  # while fitting (not kept)
+
+    def accumulate(self, features: torch.Tensor) -> None:
+        self.patches.append(features.permute(0, 2, 3, 1).flatten(0, 2))
+
+    def finish_fit(self) -> None:
+        patches, self.patches = torch.cat(self.patches), []
+        neighbours = self.hparams.reweight_neighbours
+        if len(patches) < neighbours:
+            raise InputError(f"{len(patches)} training patch features are fewer than model.reweight_neighbours={neighbours}: "
+                             f"give more training images or a smaller model.reweight_neighbours")
+        size = min(len(patches), max(math.ceil(self.hparams.coreset_ratio * len(patches)), neighbours))  # room for b neighbours
+        generator = torch.Generator().manual_seed(self.run_seed)
+        chosen = greedy_coreset(patches, size, self.hparams.projection_dim, generator) if size < len(patches) else None
+        self.memory_bank = patches if chosen is None else patches[chosen]
+
+    def nearest(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each patch's squared distance to its nearest bank feature, and that feature's index: block by
+        block of the bank, so memory stays N*P x BANK_CHUNK floats at any bank size."""
+        best, best_index = None, None
+        for start in range(0, self.memory_bank.shape[0], BANK_CHUNK):
+            distance, index = squared_distances(patches, self.memory_bank[start : start + BANK_CHUNK]).min(1)
+            if best is None:
+                best, best_index = distance, index
+            else:
+                closer = distance < best
+                best, best_index = torch.where(closer, distance, best), torch.where(closer, index + start, best_index)
+        return best, best_index
+
+    def distances(self, features: torch.Tensor):
+        n, _, height, width = features.shape
+        patches = features.permute(0, 2, 3, 1).flatten(0, 2)
+        squared, index = self.nearest(patches)
+        patch_scores = squared.sqrt().view(n, height * width)
+        worst = patch_scores.argmax(1)  # m_test of each image
+        m_test = patches.view(n, height * width, -1)[torch.arange(n), worst]
+        m_star = self.memory_bank[index.view(n, height * width)[torch.arange(n), worst]]
+        neighbours = squared_distances(m_star, self.memory_bank).topk(self.hparams.reweight_neighbours, largest=False).indices
+        to_neighbours = (m_test[:, None] - self.memory_bank[neighbours]).pow(2).sum(2).sqrt()
+        largest = patch_scores.amax(1)  # s* = |m_test - m*|
+        weight = 1 - torch.exp(largest - torch.logsumexp(to_neighbours, 1))  # 1 - exp(s*) / sum exp(|m_test - m|)
+        return patch_scores.view(n, height, width), weight * largest
