@@ -29,6 +29,8 @@ from omegaconf import OmegaConf
 from fned_lightning.data.cifar10 import CIFAR10_CLASSES
 from fned_lightning.errors import InputError, fail
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EVALUATION = set(OmegaConf.load(CONF / "evaluation.yaml"))  # what every model shares
 MODELS = {"fanogan": "f-AnoGAN", "ganomaly": "GANomaly", "skip_ganomaly": "Skip-GANomaly", "fned": "FNED"}  # the paper's order
 SHORT_NAMES = {"airplane": "plane", "automobile": "car"}
 FOLDER_METRICS = ("auroc", "auprc", "f1", "recall", "precision")
@@ -66,8 +68,10 @@ def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
             run = hydra_dir.parent
             if (run / "metrics.json").exists():
                 config = OmegaConf.load(run / "config.yaml") if (run / "config.yaml").exists() else {}
-                finished.append(json.loads((run / "metrics.json").read_text())
-                                | {"run": str(run), "variant": model_variant(config.get("model", {}))})
+                metrics = json.loads((run / "metrics.json").read_text())
+                model = OmegaConf.to_container(config.model) if "model" in config else {}
+                finished.append(metrics | {"run": str(run), "variant": model_variant(metrics.get("model"), model),
+                                           "pretrained": "backbone" in model})
                 continue
             config = OmegaConf.load(hydra_dir / "config.yaml")
             choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
@@ -77,9 +81,13 @@ def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
     return finished, failed
 
 
-def model_variant(model) -> str | None:
-    """The remedies against copying a run's config used (issue 13) and its segmentation head (issue 19),
-    e.g. "patches 0.25, skip_levels=1"; None for the model as published."""
+REMEDIES = {"train_corruption", "corruption_strength", "head"}  # named below in their own words
+
+
+def model_variant(name: str | None, model) -> str | None:
+    """What sets a run's model apart from its config as published: the remedies against copying (issue 13),
+    its segmentation head (issue 19), and any other setting of its own that differs from `conf/model/<name>.yaml`,
+    e.g. "patches 0.25, skip_levels=1" or "neighbourhood=3"; None for the model as configured."""
     remedies = []
     if model.get("train_corruption", "none") != "none":
         remedies.append(f"{model['train_corruption']} {model['corruption_strength']:g}")
@@ -87,7 +95,21 @@ def model_variant(model) -> str | None:
         remedies.append(f"skip_levels={model['generator']['skip_levels']}")
     if model.get("head"):
         remedies.append(f"segmentation head {model['head'].get('width')}")
-    return ", ".join(remedies) or None
+    return ", ".join(remedies + changed_settings(name, model)) or None
+
+
+def changed_settings(name: str | None, model) -> list[str]:
+    """`key=value` for each plain setting of the model that differs from its config file's (interpolated and
+    evaluation settings aside, which the data and the protocol already name)."""
+    path = CONF / "model" / f"{name}.yaml"
+    if not name or not path.is_file():
+        return []
+    published = OmegaConf.load(path)
+    published = published.model if "model" in published else published  # a config in the global package
+    return [f"{key}={value}" for key, value in model.items()
+            if key in published and not key.startswith("_") and key not in REMEDIES | EVALUATION
+            and not OmegaConf.is_interpolation(published, key)
+            and not isinstance(value, (dict, list)) and published[key] != value]
 
 
 def evaluations(finished: list[dict]) -> list[dict]:
@@ -113,7 +135,8 @@ def paper_gap(averages: dict[str, float | None], name: str) -> str:
 
 def row_name(run: dict) -> str:
     name = MODELS.get(run["model"], run["model"])
-    name += f" ({run['variant']})" if run.get("variant") else ""  # a remedy against copying (issue 13)
+    name += f" ({run['variant']})" if run.get("variant") else ""  # a remedy against copying (issue 13), a setting
+    name += " †" if run.get("pretrained") else ""  # features of an ImageNet network (see the note under Table 1)
     return name if run.get("protocol", "honest") == "honest" else f"{name} [protocol={run['protocol']}]"
 
 
@@ -315,8 +338,12 @@ def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
     for number, metric in ((1, "auroc"), (2, "auprc")):
         header, rows, means = cifar_table(finished, failed, metric)
         if rows:
-            add_table(f"table{number}_{metric}", header, rows, f"Table {number}: CIFAR-10 {metric.upper()}, anomaly class given",
-                      paper_rows(metric))
+            pretrained = any(row[0].endswith(" †") for row in rows)
+            note = ("\n\n† A reference, not a one-class result: its features come from a network pretrained on "
+                    "ImageNet, which has seen these kinds of objects (airplanes, cars, birds, cats, ...) labelled; "
+                    "only its model of normal features is fitted on the nine normal classes." if pretrained else "")
+            add_table(f"table{number}_{metric}", header, rows,
+                      f"Table {number}: CIFAR-10 {metric.upper()}, anomaly class given{note}", paper_rows(metric))
             figures.append(bar_chart(means, metric, out / f"{metric}_bars.png"))
     header, rows = folder_table(finished, failed)
     if rows:

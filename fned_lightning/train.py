@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning on newer torch: noise
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")  # we log per epoch; short epochs are fine
 warnings.filterwarnings("ignore", message=r".*this fit will run with no optimizer")  # PaDiM, PatchCore: fitted, not trained
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # their frozen backbone, by design
 hide_lightning_tips()
 
 
@@ -145,7 +146,8 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule) -> dict:
         "anomaly_class": getattr(datamodule, "anomaly_class", None),
         "seed": cfg.seed,
         "epochs": trainer.current_epoch,
-        "train_images_per_epoch": int(trainer.num_training_batches) * datamodule.batch_size * trainer.world_size,
+        "train_images_per_epoch": min(int(trainer.num_training_batches) * datamodule.batch_size * trainer.world_size,
+                                      len(datamodule.train_set)),  # a ragged last batch, where kept, is not whole
         "image_size": datamodule.image_size,
         **datamodule.split_sizes(),
         **({"val_real_names": datamodule.val_names} if getattr(datamodule, "val_defects", 0) else {}),  # out of the test set

@@ -28,8 +28,8 @@ def table_rows() -> list[tuple[str, str, str, str]]:
 ROWS = table_rows()
 
 
-def test_the_table_covers_every_model_and_names_config_keys():
-    assert {model for model, *_ in ROWS} == {"fned", "ganomaly", "skip_ganomaly", "fanogan"}
+def test_the_table_covers_the_papers_models_and_names_config_keys():
+    assert {model for model, *_ in ROWS} >= {"fned", "ganomaly", "skip_ganomaly", "fanogan"}  # and any other documented
     assert len(ROWS) >= 40
 
 

@@ -170,6 +170,10 @@ def test_a_test_set_whose_normal_images_differ_from_training_is_flagged(caplog):
     assert metrics["normal_test_shifted"] and metrics["normal_test_over_threshold"] > 0.5
     assert "normal test images score unlike the normal validation images" in caplog.text
     assert "data.intensity=per_image" in caplog.text
+    caplog.clear()
+    model.intensity = "per_image"  # already matched: the hint must not suggest it again
+    model.check_shift(torch.full((8,), 1e9))
+    assert "score unlike" in caplog.text and "data.intensity=per_image" not in caplog.text
 
 
 def fit_config_model(name: str, **trainer_args):

@@ -94,13 +94,14 @@ class DeviceShuffledBatches:
     the batches sliced there; no index crosses from the host."""
 
     def __init__(self, dataset: InMemoryImages, batch_size: int, seed: int, epoch: Callable[[], int],
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True):
         self.dataset, self.batch_size, self.seed, self.epoch = dataset, batch_size, seed, epoch
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.per_rank = len(dataset) // world_size
 
-    def __len__(self) -> int:  # drops a ragged last batch, as the host loader does
-        return max(self.per_rank // self.batch_size, 1)
+    def __len__(self) -> int:  # drops a ragged last batch unless told not to, as the host loader does
+        whole, ragged = divmod(self.per_rank, self.batch_size)
+        return max(whole + (ragged > 0 and not self.drop_last), 1)
 
     def __iter__(self):
         device = self.dataset.images.device
@@ -259,7 +260,7 @@ class AnomalyDataModule(L.LightningDataModule):
             batch_size=batch_size,
             shuffle=train and not shuffle,
             sampler=EpochShuffle(len(dataset), torch.initial_seed(), lambda: trainer.current_epoch) if shuffle else order,
-            drop_last=train and len(dataset) > batch_size,  # a last batch of 1-2 images upsets BatchNorm
+            drop_last=train and len(dataset) > batch_size and self.drop_ragged_batch(),
             collate_fn=already_batched,
             num_workers=self.num_workers,
             generator=torch.Generator(),  # its own: starting a loader must not draw from the global generator
@@ -271,12 +272,18 @@ class AnomalyDataModule(L.LightningDataModule):
         images, labels, index = batch
         return to_model_range(images), labels, index  # on the device: the host only slices uint8
 
+    def drop_ragged_batch(self) -> bool:
+        """Whether training drops a ragged last batch: the model says (a last batch of 1-2 images upsets the
+        BatchNorm a GAN trains; a model fitted in one pass reads every image)."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        return getattr(model, "drop_ragged_batch", True)
+
     def train_dataloader(self) -> DataLoader | DeviceShuffledBatches:
         if self.on_device and self.trainer is not None:
             trainer = self.trainer
             return DeviceShuffledBatches(self.train_set, self.batch_size, seed=torch.initial_seed(),  # the run's seed, as set by train.py
                                          epoch=lambda: trainer.current_epoch, rank=trainer.global_rank,
-                                         world_size=trainer.world_size)
+                                         world_size=trainer.world_size, drop_last=self.drop_ragged_batch())
         return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list:

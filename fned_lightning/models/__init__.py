@@ -1,3 +1,4 @@
-"""The LightningModules, one model a file: `detector.AnomalyDetector` is the evaluation they share;
-`gan.AnomalyGAN` the alternating G/D training step of FNED (`fned.py`), GANomaly and Skip-GANomaly,
-each of which gives its own losses and score; `fanogan.FAnoGAN` trains a WGAN-GP, then an encoder."""
+"""The LightningModules, one model a file: `detector.AnomalyDetector` is the evaluation they all share;
+`reconstruction.ReconstructionDetector` the models that score by reconstructing (`gan.AnomalyGAN`'s
+alternating G/D step for FNED, GANomaly and Skip-GANomaly; `fanogan.FAnoGAN`); `features.FeatureDetector`
+the models of frozen ImageNet features fitted in one pass (PaDiM, PatchCore). docs/adding_a_model.md."""

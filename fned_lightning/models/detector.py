@@ -20,9 +20,7 @@ from fned_lightning.scoring import (
     min_max_normalise,
     pixel_metrics,
     ranking_metrics,
-    residual_map,
     shift_check,
-    smooth,
     upper_quantile,
 )
 
@@ -137,6 +135,7 @@ class AnomalyDetector(L.LightningModule):
         self.val_results: dict = {}  # data.synthetic_val_defects, data.val_defects: the last validation's defect metrics
 
     fit_epochs = 1  # the fewest epochs a fit takes (f-AnoGAN: two, its GAN's and its encoder's)
+    drop_ragged_batch = True  # training skips a ragged last batch: 1-2 images upset the BatchNorm being trained
 
     def check_epochs(self, max_epochs: int) -> None:
         """A model that cannot train for `max_epochs` says so before anything runs (f-AnoGAN: two phases; a
@@ -289,10 +288,11 @@ class AnomalyDetector(L.LightningModule):
                 "the normal test images score unlike the normal validation images: %.0f%% of these %d exceed the "
                 "calibrated threshold (which %.0f%% of validation images exceed), %.0f%% score below and %.0f%% above "
                 "every validation image. They differ from the training images (lighting, camera, a different part?), "
-                "and decisions on them cannot be trusted, whatever the AUROC. Try data.intensity=per_image, or train "
-                "on normal images taken under the test conditions (docs/lighting_and_shift.md).",
+                "and decisions on them cannot be trusted, whatever the AUROC. %s normal images taken under the test "
+                "conditions (docs/lighting_and_shift.md).",
                 100 * check["normal_test_over_threshold"], len(normal_scores), 100 * self.false_positive_rate,
-                100 * check["normal_test_below_val_min"], 100 * check["normal_test_above_val_max"])
+                100 * check["normal_test_below_val_min"], 100 * check["normal_test_above_val_max"],
+                "Try data.intensity=per_image, or train on" if self.intensity == "none" else "Train on")
         return check
 
     def test_step(self, batch, batch_idx: int) -> None:

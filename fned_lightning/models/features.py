@@ -26,6 +26,7 @@ class FeatureDetector(AnomalyDetector):
     the image score is then the map's maximum, unless the model scores images its own way."""
 
     FITTED: tuple[str, ...] = ()
+    drop_ragged_batch = False  # the fit reads every normal image; the frozen backbone's BatchNorm does not mind
 
     def __init__(self, backbone: str = LITE0, strides: tuple[int, ...] = (8, 16), neighbourhood: int = 1,
                  threshold: float = 0.2, protocol: str = "honest", false_positive_rate: float = 0.05,
@@ -72,7 +73,9 @@ class FeatureDetector(AnomalyDetector):
 
     def training_step(self, batch, batch_idx: int) -> None:
         with torch.no_grad():
-            self.accumulate(self.features(self.match_intensity(batch[0])))
+            features = self.features(self.match_intensity(batch[0]))
+            with torch.autocast(features.device.type, enabled=False):  # the statistics in float32 (float64) always
+                self.accumulate(features)
         if batch_idx + 1 == self.trainer.num_training_batches:  # before validation, which fits the normalisation
             self.finish_fit()
 
@@ -96,9 +99,11 @@ class FeatureDetector(AnomalyDetector):
     def detect(self, seen: torch.Tensor):
         if not bool(getattr(self, self.FITTED[0]).numel()):
             raise RuntimeError(f"{type(self).__name__} has not been fitted: train it first (one epoch)")
-        patch_maps, scores = self.distances(self.features(seen))
-        maps = F.interpolate(patch_maps[:, None], size=seen.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        maps = smooth(maps, self.sigma_pixels(seen.shape[-1]))
+        features = self.features(seen)
+        with torch.autocast(features.device.type, enabled=False):  # distances and maps in float32 whatever the precision
+            patch_maps, scores = self.distances(features)
+            maps = F.interpolate(patch_maps[:, None], size=seen.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            maps = smooth(maps, self.sigma_pixels(seen.shape[-1]))
         return (maps.flatten(1).amax(1) if scores is None else scores), maps, None, None
 
     def sigma_pixels(self, image_size: int) -> float:

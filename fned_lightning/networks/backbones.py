@@ -115,14 +115,11 @@ class PretrainedFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.train(False)
+        with torch.no_grad():
+            self.channels = [f.shape[1] for f in self(torch.zeros(1, 3, 64, 64))]  # of each stage
 
     def train(self, mode: bool = True) -> "PretrainedFeatures":
         return super().train(False)  # frozen: always eval(), so fitting and any protocol leave BatchNorm alone
-
-    @property
-    def channels(self) -> list[int]:
-        with torch.no_grad():
-            return [f.shape[1] for f in self(torch.zeros(1, 3, 64, 64))]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
