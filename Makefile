@@ -37,5 +37,5 @@ clean:
 	rm -rf outputs multirun wandb lightning_logs .pytest_cache
 
 bench: install  ## speed of every model on this machine -> bench/*.json (a benchmark: asserts nothing)
-	$(BIN)/python -m fned_lightning.bench --models fned ganomaly skip_ganomaly fanogan --out bench/results.json
-	$(BIN)/python -m fned_lightning.bench --models padim patchcore --image-size 224 --batch-size 16 --out bench/features.json
+	$(BIN)/python -m fned_lightning.bench --pretrained no --out bench/results.json
+	$(BIN)/python -m fned_lightning.bench --pretrained yes --image-size 224 --batch-size 16 --out bench/features.json

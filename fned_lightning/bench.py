@@ -19,7 +19,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -95,6 +95,13 @@ def model_config(name: str, image_size: int):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=[f"model={name}", "data=synthetic", f"data.image_size={image_size}", "data.channels=3"])
+
+
+def models_of_kind(pretrained: str) -> list[str]:
+    """The model configs whose class is pretrained ("yes"), trained from scratch ("no"), or all of them."""
+    if pretrained == "all":
+        return list(MODELS)
+    return [name for name in MODELS if get_class(model_config(name, 32).model._target_).pretrained == (pretrained == "yes")]
 
 
 def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmup: int, accelerator: str,
@@ -222,16 +229,17 @@ def table(results: dict) -> str:
     lines = [
         f"device: {results['device']}, torch {results['torch']}, threads {results['threads']}, "
         f"channels_last {results['channels_last']}; data path: {results['data_path']['images_per_s']:.0f} images/s",
-        "| model | train img/s | train GFLOP/img | train GFLOP/s | 3x3 conv GFLOP/s | of it | infer img/s | infer GFLOP/img | infer GFLOP/s | map ms/img | map share | params (M) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | fit img/s | train img/s | train GFLOP/img | train GFLOP/s | 3x3 conv GFLOP/s | of it | infer img/s | infer GFLOP/img | infer GFLOP/s | map ms/img | map share | params (M) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
+        no_maps = math.isnan(r["map_ms_per_image"])  # a feature model: its maps are its inference
         lines.append(
-            f"| {name} | {r['train_images_per_s']:.1f} | {r['train_gflop_per_image']:.3f} | {r['train_gflop_per_s']:.1f} | "
-            f"{r['yardstick_gflop_per_s']:.1f} | {r['train_fraction_of_yardstick']:.2f} | "
-            f"{r['infer_images_per_s']:.1f} | {r['infer_gflop_per_image']:.3f} | "
-            f"{r['infer_gflop_per_s']:.1f} | {r['map_ms_per_image']:.3f} | {r['map_share_of_inference']:.1%} | "
-            f"{r['parameters_m']:.2f} |"
+            f"| {name} | {r['fit_images_per_s']:.1f} | {r['train_images_per_s']:.1f} | {r['train_gflop_per_image']:.3f} | "
+            f"{r['train_gflop_per_s']:.1f} | {r['yardstick_gflop_per_s']:.1f} | {r['train_fraction_of_yardstick']:.2f} | "
+            f"{r['infer_images_per_s']:.1f} | {r['infer_gflop_per_image']:.3f} | {r['infer_gflop_per_s']:.1f} | "
+            f"{'—' if no_maps else format(r['map_ms_per_image'], '.3f')} | "
+            f"{'—' if no_maps else format(r['map_share_of_inference'], '.1%')} | {r['parameters_m']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -240,7 +248,10 @@ def main(argv: list[str] | None = None) -> None:
     hide_lightning_tips()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", choices=MODELS, help="default: every model of --pretrained")
+    parser.add_argument("--pretrained", choices=("yes", "no", "all"), default="all",
+                        help="which models by default: those on a pretrained backbone (make bench times them at 224 px), "
+                             "those trained from scratch (at 32 px), or all")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
@@ -249,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="channels_last weights and inputs, as training uses them by default")
     args = parser.parse_args(argv)
+    args.models = args.models or models_of_kind(args.pretrained)
     device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
     results = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),

@@ -2,8 +2,8 @@
 
 Writes a model that maps a batch of images, float N x C x S x S in [0, 1], to
 (score: N, anomaly_map: N x S x S): the score normalised with the validation-fitted range, the map
-the residual |x - x_fake| averaged over channels and smoothed (model.map_sigma), as training and
-`predict` compute it. A JSON file beside it gives the image size, channels, both decision
+the model's own (a reconstruction model's smoothed residual |x - x_fake|, a feature model's smoothed
+patch distances, a segmentation head's defect probability), as training and `predict` compute it. A JSON file beside it gives the image size, channels, both decision
 thresholds on that score and the pixel threshold on the map.
 """
 
@@ -90,8 +90,7 @@ def export(cfg: DictConfig) -> Path:
     sidecar = {
         "input": f"float images in [0, 1], N x {info['channels']} x {info['image_size']} x {info['image_size']}",
         "outputs": {"score": "anomaly score, min-max normalised with the normal validation range",
-                    "anomaly_map": f"|x - x_fake| of the images in [-1, 1], averaged over channels, smoothed with a "
-                                   f"Gaussian of sigma {model.map_sigma} pixels"},
+                    "anomaly_map": model.map_description()},
         "image_size": info["image_size"], "channels": info["channels"], "model": info["model_target"].rsplit(".", 1)[-1],
         "thresholds": thresholds,
         "pixel_threshold": model.pixel_threshold.item(),  # on anomaly_map: exceeded by false_positive_rate of normal pixels

@@ -58,8 +58,7 @@ def rebuild_detector(checkpoint: dict, path: Path):
         raise InputError(f"{path} is not a fned_lightning checkpoint; pass the checkpoints/last.ckpt that a train run wrote")
     info["model_target"] = MOVED.get(info["model_target"], info["model_target"])
     try:
-        model = get_class(info["model_target"])(**checkpoint["hyper_parameters"])
-        model.load_state_dict(checkpoint["state_dict"])
+        model = get_class(info["model_target"]).rebuilt(checkpoint["hyper_parameters"], checkpoint["state_dict"])
     except (ImportError, TypeError, RuntimeError) as error:  # a class moved, an argument or a layer changed
         raise InputError(f"{path} holds a {info['model_target']} that this version of fned_lightning cannot rebuild "
                          f"(the model changed since; retrain it): {str(error).splitlines()[0]}") from error

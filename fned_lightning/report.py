@@ -18,20 +18,22 @@ import math
 import re
 import statistics
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from fned_lightning.checkpoints import MOVED
 from fned_lightning.data.cifar10 import CIFAR10_CLASSES
 from fned_lightning.errors import InputError, fail
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EVALUATION = set(OmegaConf.load(CONF / "evaluation.yaml"))  # what every model shares
-MODELS = {"fanogan": "f-AnoGAN", "ganomaly": "GANomaly", "skip_ganomaly": "Skip-GANomaly", "fned": "FNED"}  # the paper's order
 SHORT_NAMES = {"airplane": "plane", "automobile": "car"}
 FOLDER_METRICS = ("auroc", "auprc", "f1", "recall", "precision")
 PIXEL_METRICS = {"auroc_score_paper": "AUROC (paper's score)", "auroc_score_map_max": "AUROC (map max)",
@@ -58,6 +60,34 @@ PAPER = {  # as printed in the paper (its own protocol), for comparison only
 
 
 PAPER_BUDGET = "15 ep x all img"  # the paper's section 2.2
+PAPER_ORDER = list(PAPER["auroc"])  # the paper's rows; other models after them
+
+
+def display_name(name: str) -> str:
+    """A model config's name as reports give it: model=skip_ganomaly -> Skip-GANomaly."""
+    return model_identity(None, name)["model_name"]
+
+
+def model_identity(target: str | None, name: str | None) -> dict:
+    """A run's model as reports name it (its class's display_name), and whether it is pretrained (marked †)."""
+    cls = model_class(target, name)
+    return {"model_name": (cls.display_name or cls.__name__) if cls else name,
+            "pretrained": cls.pretrained if cls else False}
+
+
+@cache
+def model_class(target: str | None, name: str | None) -> type | None:
+    """A run's model class (from its config's target, else from conf/model/<name>.yaml), for its name in
+    tables and whether it is pretrained; None if this version has none."""
+    if target is None and name and (CONF / "model" / f"{name}.yaml").is_file():
+        config = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+        target = config.get("_target_") or config.get("model", {}).get("_target_")
+    if target is None:
+        return None
+    try:
+        return get_class(MOVED.get(target, target))
+    except (ImportError, ValueError, AttributeError):
+        return None
 
 
 def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
@@ -71,11 +101,12 @@ def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
                 metrics = json.loads((run / "metrics.json").read_text())
                 model = OmegaConf.to_container(config.model) if "model" in config else {}
                 finished.append(metrics | {"run": str(run), "variant": model_variant(metrics.get("model"), model),
-                                           "pretrained": "backbone" in model})
+                                           **model_identity(model.get("_target_"), metrics.get("model"))})
                 continue
             config = OmegaConf.load(hydra_dir / "config.yaml")
             choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
             failed.append({"run": str(run), "model": choices.get("model"), "data": choices.get("data"),
+                           **model_identity(config.get("model", {}).get("_target_"), choices.get("model")),
                            "anomaly_class": config.get("anomaly_class"), "protocol": config.get("protocol"),
                            "data_root": config.get("data", {}).get("root")})
     return finished, failed
@@ -134,7 +165,7 @@ def paper_gap(averages: dict[str, float | None], name: str) -> str:
 
 
 def row_name(run: dict) -> str:
-    name = MODELS.get(run["model"], run["model"])
+    name = run.get("model_name") or run["model"]
     name += f" ({run['variant']})" if run.get("variant") else ""  # a remedy against copying (issue 13), a setting
     name += " †" if run.get("pretrained") else ""  # features of an ImageNet network (see the note under Table 1)
     return name if run.get("protocol", "honest") == "honest" else f"{name} [protocol={run['protocol']}]"
@@ -174,7 +205,7 @@ def model_rank(name: str) -> tuple[int, str, str]:
     """The paper's row order; each remedy variant after the published model, each protocol=paper row
     after its honest one."""
     model = re.split(r" \[| \(", name)[0]
-    return list(MODELS.values()).index(model) if model in MODELS.values() else 99, name.split(" [")[0], name
+    return PAPER_ORDER.index(model) if model in PAPER_ORDER else 99, name.split(" [")[0], name
 
 
 def ordered_rows(names) -> list[str]:

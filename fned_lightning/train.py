@@ -5,6 +5,7 @@ checkpoints/last.ckpt, plus the loggers' files (CSV, W&B offline run).
 """
 
 import csv
+import inspect
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from fned_lightning.data.base import to_model_range
 from fned_lightning.errors import InputError, check_number, check_options, fail, input_error_in, run_hydra_cli
 from fned_lightning.figures import anomaly_map_grid, reconstruction_grid, roc_and_pr_curves, score_histogram
 from fned_lightning.loggers import hide_lightning_tips, run_id
+from fned_lightning.models.detector import AnomalyDetector
 from fned_lightning.protocols import PaperProtocol, check_protocol
 from fned_lightning.scoring import min_max_normalise
 
@@ -111,6 +113,10 @@ def resume_from(cfg: DictConfig) -> tuple[str | None, int]:
     return str(last), check_resumable(last, cfg)
 
 
+def list_or_value(value):
+    return list(value) if isinstance(value, (list, tuple)) else value  # a checkpoint may hold a tuple where the config has a list
+
+
 def check_resumable(ckpt_path: Path, cfg: DictConfig) -> int:
     """The epochs a checkpoint holds, if this run can go on from it (the same model, image size, channels
     and networks); else what differs, named."""
@@ -125,11 +131,15 @@ def check_resumable(ckpt_path: Path, cfg: DictConfig) -> int:
     for key in ("image_size", "channels"):
         if key in info and info[key] != cfg.data[key]:
             differences.append(f"data.{key} ({info[key]} there, {cfg.data[key]} here)")
-    for network, config in model.items():  # each network's settings (widths, latent sizes, levels)
-        if isinstance(config, dict) and "_target_" in config and isinstance(saved.get(network), dict):
-            for key in sorted(set(config) | set(saved[network])):
-                if key not in ("image_size", "channels") and config.get(key) != saved[network].get(key):
-                    differences.append(f"model.{network}.{key} ({saved[network].get(key)} there, {config.get(key)} here)")
+    evaluation = set(inspect.signature(AnomalyDetector.__init__).parameters)  # how it is tested may change; what it learnt may not
+    for key, config in model.items():
+        if isinstance(config, dict) and "_target_" in config and isinstance(saved.get(key), dict):
+            for inner in sorted(set(config) | set(saved[key])):  # each network's settings (widths, latent sizes, levels)
+                if inner not in ("image_size", "channels") and config.get(inner) != saved[key].get(inner):
+                    differences.append(f"model.{key}.{inner} ({saved[key].get(inner)} there, {config.get(inner)} here)")
+        elif not key.startswith("_") and key not in evaluation and key in saved and not isinstance(config, dict) \
+                and list_or_value(config) != list_or_value(saved[key]):  # its own settings (backbone, rates, ...)
+            differences.append(f"model.{key} ({saved[key]} there, {config} here)")
     if differences:
         raise InputError(f"cannot resume from {ckpt_path}: it was trained with other settings: {'; '.join(differences)}. "
                          f"Resume with the settings it was trained with, or start a new run folder (hydra.run.dir=...)")

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from fned_lightning.report import MODELS, model_variant  # noqa: E402
+from fned_lightning.report import display_name, model_variant  # noqa: E402
 
 CURVES = {"val/defect_residual_ratio": "painted validation defects: residual defect / normal",
           "val/auroc_score_paper": "painted validation defects: AUROC (paper's score)",
@@ -45,7 +45,7 @@ def main(folder: str) -> None:
         variant = model_variant(config.model)
         metrics = json.loads((log.parent / "metrics.json").read_text())
         name, anomaly_class = metrics["model"], metrics.get("anomaly_class")
-        label = (f"{MODELS.get(name, name)}{f' ({variant})' if variant else ''}{f', {anomaly_class}' if anomaly_class else ''}, "
+        label = (f"{display_name(name)}{f' ({variant})' if variant else ''}{f', {anomaly_class}' if anomaly_class else ''}, "
                  f"{config.data.image_size} px, seed {config.seed}")
         runs[label] = curves(log.parent)
     lines = []

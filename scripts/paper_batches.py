@@ -33,7 +33,7 @@ from fned_lightning.checkpoints import read_checkpoint
 from fned_lightning.data.cifar10 import CIFAR10_CLASSES
 from fned_lightning.data.base import to_model_range
 from fned_lightning.predict import rebuild_detector
-from fned_lightning.report import MODELS, PAPER
+from fned_lightning.report import PAPER, display_name
 from fned_lightning.scoring import ranking_metrics
 from merge_epoch_logs import epoch_rows  # beside this script
 
@@ -117,7 +117,7 @@ def score_run(run: Path, scored: dict) -> dict:
 
 def published(model: str, anomaly_class: str) -> str:
     """The paper's AUROC for that model and class (its own protocol), as the report prints it."""
-    values = PAPER["auroc"].get(MODELS.get(model, model))
+    values = PAPER["auroc"].get(display_name(model))
     return f"{values[CIFAR10_CLASSES.index(anomaly_class)]:.3f}" if values else "—"
 
 
@@ -132,7 +132,7 @@ def table(runs: dict[str, dict]) -> str:
         scored = f"{len(per_epoch)} of {result['last_epoch'] + 1} epochs scored"
         honest = f"{result['honest_auroc']:.3f}" if result["finished"] else f"not finished (epochs 0-{result['last_epoch']})"
         run = result["anomaly_class"] + (f" ({result['note']})" if result.get("note") else "")
-        lines.append(f"| {MODELS.get(result['model'], result['model'])} | {run} | {honest} | "
+        lines.append(f"| {display_name(result['model'])} | {run} | {honest} | "
                      f"{per_epoch[selected]['mixed']:.3f} (epoch {selected}) | {per_epoch[selected]['anchors']:.3f} | "
                      f"{per_epoch[best]['anchors']:.3f} (epoch {best}; {scored}) | "
                      f"{published(result['model'], result['anomaly_class'])} |")
@@ -169,7 +169,7 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for result in shown.values():
         epochs = sorted(result["per_epoch"], key=int)
-        label = f"{MODELS.get(result['model'], result['model'])}, {result['anomaly_class']}" + (f" ({result['note']})" if result.get("note") else "")
+        label = f"{display_name(result['model'])}, {result['anomaly_class']}" + (f" ({result['note']})" if result.get("note") else "")
         for batching, style in (("anchors", "-"), ("mixed", ":")):
             ax.plot([int(e) for e in epochs], [result["per_epoch"][e][batching] for e in epochs], style, marker=".",
                     label=f"{label}: {batching} batches")

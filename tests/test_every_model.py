@@ -62,6 +62,7 @@ def test_every_model_exports_to_onnx_equal_to_itself(name, fitted, tmp_path):
     import onnxruntime
 
     model, _ = fitted(name)
+    assert model.map_description()  # the exported model's notes say what its map is
     wrapper = ScoreAndMap(model.eval()).eval()
     write(wrapper, torch.rand(2, 1, 32, 32), tmp_path / "model.onnx", "onnx", opset=17)
     images = torch.rand(3, 1, 32, 32)  # another batch size than the example's

@@ -3,12 +3,15 @@
 import json
 import urllib.error
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
 
+from fned_lightning.data.synthetic import SyntheticParts
 from fned_lightning.errors import InputError, input_error_in
 from fned_lightning.models.padim import PaDiM
+from fned_lightning.models import patchcore
 from fned_lightning.models.patchcore import PatchCore, greedy_coreset
 from fned_lightning.networks.backbones import PretrainedFeatures, lite0_keys, lite0_weights
 from tests.conftest import compose_config, models_of, run_cli
@@ -85,6 +88,21 @@ def test_a_torchvision_backbone_offline_names_the_file_its_folder_and_the_offlin
     assert "model.backbone=efficientnet_lite0" in message and "\n" not in message
 
 
+def test_a_fitted_model_is_rebuilt_from_its_checkpoint_offline_with_no_weights_to_fetch(tmp_path, monkeypatch):
+    # resnet18 without its ImageNet weights stands in for one fitted online; offline, its checkpoint still loads
+    model = PaDiM(backbone="resnet18", backbone_weights=False)
+    with torch.no_grad():
+        model.accumulate(model.features(flat_images(4, 32, seed=0)))
+    model.finish_fit()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache, and no network
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("offline")))
+    assert "backbone_weights" not in model.hparams  # how it was built is not part of what it is
+    rebuilt = PaDiM.rebuilt(dict(model.hparams), model.state_dict())
+    images = flat_images(2, 32, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(images).maps, model.eval()(images).maps, rtol=0, atol=0)
+
+
 def test_padim_distance_is_the_mahalanobis_distance_of_a_hand_worked_2d_case():
     model = PaDiM()
     model.channels_kept = torch.arange(2)
@@ -111,6 +129,17 @@ def test_padim_fits_each_positions_mean_and_sample_covariance_plus_shrinkage():
     torch.testing.assert_close(model.inverse_covariance[2], torch.linalg.inv(expected).float(), rtol=1e-4, atol=1e-5)
 
 
+def test_padim_refuses_in_one_line_a_fit_whose_covariances_would_not_fit_in_memory(monkeypatch):
+    model = PaDiM()
+    features = model.features(flat_images(2, 64, seed=0))  # 64 positions x 152 features: 30 MB of covariances
+    monkeypatch.setattr("os.sysconf", lambda name: {"SC_AVPHYS_PAGES": 2500, "SC_PAGE_SIZE": 4096}[name])  # 10 MB free
+    with pytest.raises(InputError) as error:
+        model.accumulate(features)
+    assert "model.n_features=89 or fewer" in str(error.value) and "\n" not in str(error.value)  # sqrt(10.24e6 / 20 / 64) = 89.4
+    monkeypatch.undo()
+    model.accumulate(features)  # with the machine's memory, it fits
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_the_coreset_takes_the_point_farthest_from_those_chosen_each_time(seed):
     points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0], [5.0, 5.0], [-3.0, 0.0]])
@@ -119,6 +148,17 @@ def test_the_coreset_takes_the_point_farthest_from_those_chosen_each_time(seed):
         nearest = torch.cdist(points, points[chosen[:step]]).min(1).values
         assert chosen[step] == nearest.argmax().item()
     assert len(set(chosen)) == 4
+
+
+def test_the_coreset_is_chosen_on_the_random_projection_when_the_features_are_wider():
+    points = torch.randn(40, 64, generator=torch.Generator().manual_seed(0))
+    chosen = greedy_coreset(points, 6, projection_dim=8, generator=torch.Generator().manual_seed(1)).tolist()
+    generator = torch.Generator().manual_seed(1)  # the same draws, by hand: the projection, then the first point
+    projected = points @ (torch.randn(64, 8, generator=generator) / 8**0.5)
+    assert chosen[0] == int(torch.randint(40, (1,), generator=generator))
+    for step in range(1, 6):  # farthest on the projection (Johnson-Lindenstrauss), not on the 64-d features
+        nearest = torch.cdist(projected, projected[chosen[:step]]).min(1).values
+        assert chosen[step] == nearest.argmax().item()
 
 
 def test_patchcore_scores_a_patch_by_its_nearest_bank_feature_and_reweights_the_image_score():
@@ -130,6 +170,38 @@ def test_patchcore_scores_a_patch_by_its_nearest_bank_feature_and_reweights_the_
     # m_test = (3, 0), m* = (0, 0); its 2 nearest in the bank: (0, 0) and (0, 1), at 3 and sqrt(10) from m_test
     weight = 1 - torch.exp(torch.tensor(3.0)) / (torch.exp(torch.tensor(3.0)) + torch.exp(torch.tensor(10.0).sqrt()))
     torch.testing.assert_close(score, weight[None] * 3.0)
+
+
+def test_patchcore_finds_the_k_nearest_block_by_block_as_all_at_once(monkeypatch):
+    monkeypatch.setattr(patchcore, "BANK_CHUNK", 7)  # blocks of 7 bank rows and 5 queries: ragged both ways
+    monkeypatch.setattr(patchcore, "QUERY_CHUNK", 5)
+    generator = torch.Generator().manual_seed(0)
+    model = PatchCore()
+    model.memory_bank = torch.randn(30, 4, generator=generator)
+    queries = torch.randn(12, 4, generator=generator)
+    squared, index = model.nearest(queries, 3)
+    expected = torch.cdist(queries, model.memory_bank).pow(2).topk(3, 1, largest=False)
+    assert torch.equal(index, expected.indices)
+    torch.testing.assert_close(squared, expected.values, rtol=1e-5, atol=1e-5)
+
+
+def test_distances_are_taken_in_full_float32_whatever_the_run_set(monkeypatch):
+    model = fitted("padim", flat_images(4, 32, seed=0))
+    distances, seen = model.distances, []
+
+    def recording(features):
+        seen.append((torch.get_float32_matmul_precision(), torch.is_autocast_enabled("cpu"), features.dtype))
+        return distances(features)
+
+    monkeypatch.setattr(model, "distances", recording)
+    torch.set_float32_matmul_precision("medium")  # as experiment=gpu's TF32, and bf16 autocast around it
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(flat_images(2, 32, seed=1))
+        after = torch.get_float32_matmul_precision()
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert seen == [("highest", False, torch.float32)] and after == "medium"  # and the run's setting restored
 
 
 @pytest.mark.parametrize("name", FEATURE_MODELS)
@@ -152,6 +224,16 @@ def test_what_does_not_apply_to_a_model_fitted_in_one_pass_is_refused(name, bad)
     with pytest.raises(Exception) as error:  # Hydra's instantiate wraps what the model raises
         instantiate(cfg.model).check_epochs(cfg.trainer.max_epochs)
     assert "does not apply" in str(input_error_in(error.value))
+
+
+@pytest.mark.parametrize("name", FEATURE_MODELS)
+def test_a_trainer_built_by_hand_is_refused_epochs_that_do_not_apply(name):
+    model = instantiate(compose_config("data=synthetic", f"model={name}").model)
+    data = SyntheticParts(n_train=8, n_test_normal=2, n_test_abnormal=2, image_size=32, channels=1, batch_size=8)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False)
+    with pytest.raises(InputError, match="trainer.max_epochs=2 does not apply"):
+        trainer.fit(model, datamodule=data)
 
 
 def test_padim_runs_from_the_command_line_like_every_model(tmp_path):

@@ -79,6 +79,7 @@ MISTAKES = [
     (TRAIN, [*SYNTHETIC, "model=padim", "trainer.max_epochs=3"], "model=padim is fitted in one pass over the training "
                                                                  "images, with no optimiser: trainer.max_epochs=3 does not apply; give trainer.max_epochs=1"),
     (TRAIN, [*SYNTHETIC, "model=patchcore", "protocol=both"], "protocol=both does not apply; give protocol=honest"),
+    (TRAIN, [*SYNTHETIC, "model=padim", "trainer.limit_train_batches=0"], "model=padim has not been fitted, so it cannot score"),
     (TRAIN, [*SYNTHETIC, "model=padim", "model.backbone=vgg16"],
      "unknown model.backbone=vgg16; choose one of: efficientnet_lite0, wide_resnet50_2, resnet18"),
     (TRAIN, [*SYNTHETIC, "model=padim", "model.strides=[8,64]"], "model.strides=[8, 64]: give distinct strides of efficientnet_lite0's stages"),
@@ -92,6 +93,8 @@ MISTAKES = [
     (TRAIN, [*SYNTHETIC, "data.image_size=32", "ckpt_path={run}/checkpoints/last.ckpt"], "data.image_size (16 there, 32 here)"),
     (TRAIN, [*SYNTHETIC, "data.image_size=16", "model.generator.width=8", "ckpt_path={run}/checkpoints/last.ckpt"],
      "model.generator.width (4 there, 8 here)"),
+    (TRAIN, [*SYNTHETIC, "data.image_size=16", "model.lr=0.001", "ckpt_path={run}/checkpoints/last.ckpt"],
+     "model.lr (0.0002 there, 0.001 here)"),
     (TRAIN, [*SYNTHETIC, "data.image_size=16", "ckpt_path={files}/damaged.ckpt"], "cannot read {files}/damaged.ckpt as a checkpoint"),
     (PREDICT, ["ckpt_path={files}/damaged.ckpt", "input={files}"], "cannot read {files}/damaged.ckpt as a checkpoint: it is damaged"),
     (PREDICT, ["ckpt_path={run}/metrics.json", "input={files}"], "cannot read {run}/metrics.json as a checkpoint"),

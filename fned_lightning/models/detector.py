@@ -134,6 +134,8 @@ class AnomalyDetector(L.LightningModule):
         self.test_results: dict | None = None
         self.val_results: dict = {}  # data.synthetic_val_defects, data.val_defects: the last validation's defect metrics
 
+    display_name: str | None = None  # in reports; None: the class's name
+    pretrained = False  # whether it sees through a network trained on other images (ImageNet), marked † in reports
     fit_epochs = 1  # the fewest epochs a fit takes (f-AnoGAN: two, its GAN's and its encoder's)
     drop_ragged_batch = True  # training skips a ragged last batch: 1-2 images upset the BatchNorm being trained
 
@@ -183,6 +185,13 @@ class AnomalyDetector(L.LightningModule):
         """Each model family's own: (its own image scores, anomaly maps N x H x W, reconstructions or None,
         raw residuals |x - x_fake| or None) of images as the model sees them."""
         raise NotImplementedError(f"{type(self).__name__} must define detect(x)")
+
+    @classmethod
+    def rebuilt(cls, hyper_parameters: dict, state_dict: dict) -> "AnomalyDetector":
+        """The model a checkpoint holds: built from its hyperparameters, then given its weights and fits."""
+        model = cls(**hyper_parameters)
+        model.load_state_dict(state_dict)
+        return model
 
     def map_description(self) -> str:
         """What the anomaly map is, for the exported model's notes."""

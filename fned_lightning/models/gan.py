@@ -171,6 +171,11 @@ class AnomalyGAN(ReconstructionDetector):
             return super().anomaly_maps(seen, x_fake, residuals)
         return self.head(seen, x_fake)[:, 0].float().sigmoid()  # the head's defect probability per pixel
 
+    def map_description(self) -> str:
+        if self.head is None:
+            return super().map_description()
+        return "the segmentation head's defect probability per pixel, reading the image and its reconstruction"
+
     def collapsed_on_any_rank(self) -> bool:
         """Under DDP every rank must restart D together, or their copies drift apart (DDP averages
         gradients and broadcasts buffers, never parameters): the decision is taken over all ranks."""

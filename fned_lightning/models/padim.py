@@ -2,6 +2,8 @@
 features at each patch position; a test patch's Mahalanobis distance to its position's Gaussian is its
 anomaly, the image's score the maximum of the smoothed map."""
 
+import os
+
 import torch
 
 from fned_lightning.errors import InputError, check_number
@@ -19,7 +21,7 @@ class PaDiM(FeatureDetector):
     def __init__(self, backbone: str = LITE0, strides: tuple[int, ...] = (8, 16), neighbourhood: int = 1,
                  n_features: int | None = None, covariance_shrinkage: float = 0.01, feature_seed: int = 0, **evaluation):
         super().__init__(backbone, strides, neighbourhood, **evaluation)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["backbone_weights"])  # how it was built, not what it is
         check_number("model.covariance_shrinkage", covariance_shrinkage, 0, above_low=True)
         available = sum(self.backbone.channels)
         if n_features is not None:
@@ -41,10 +43,25 @@ class PaDiM(FeatureDetector):
     def accumulate(self, features: torch.Tensor) -> None:
         f = self.patches(features).double()
         if self.sums is None:
+            self.check_memory(*f.shape[1:], f.device)
             self.sums = [torch.zeros_like(f[0]), f.new_zeros(f.shape[1], f.shape[2], f.shape[2]), 0]
         self.sums[0] += f.sum(0)
         self.sums[1] += torch.einsum("npc,npd->pcd", f, f)
         self.sums[2] += len(f)
+
+    def check_memory(self, positions: int, channels: int, device: torch.device) -> None:
+        """One line, before the fit, where its covariances would not fit: a position's is channels^2, held as
+        float64 sums, a float64 batch update and, at the end, a float32 inverse (20 bytes an entry)."""
+        needed = 20 * positions * channels**2
+        if device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+        else:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if needed > free:
+            raise InputError(f"model=padim needs about {needed / 2**30:.1f} GiB for the covariances of {positions} "
+                             f"positions x {channels} features ({free / 2**30:.1f} GiB free on {device.type}): give "
+                             f"model.n_features={int((free / 20 / positions) ** 0.5)} or fewer (the paper keeps 550 of "
+                             f"wide_resnet50_2's), or a smaller data.image_size")
 
     def finish_fit(self) -> None:
         total, outer, n = self.sums

@@ -10,7 +10,8 @@ from fned_lightning.errors import InputError, check_number
 from fned_lightning.models.features import FeatureDetector
 from fned_lightning.networks.backbones import LITE0
 
-BANK_CHUNK = 4096  # bank rows per distance block at test: memory (N*P x chunk floats), not the result, depends on it
+BANK_CHUNK = 4096  # bank rows per distance block at test: memory is query rows x BANK_CHUNK floats a block
+QUERY_CHUNK = 8192  # query rows per block (not when exporting: the graph's batch size is left free)
 
 
 def greedy_coreset(features: torch.Tensor, size: int, projection_dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -52,7 +53,7 @@ class PatchCore(FeatureDetector):
     def __init__(self, backbone: str = LITE0, strides: tuple[int, ...] = (8, 16), neighbourhood: int = 3,
                  coreset_ratio: float = 0.01, projection_dim: int = 128, reweight_neighbours: int = 9, **evaluation):
         super().__init__(backbone, strides, neighbourhood, **evaluation)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["backbone_weights"])  # how it was built, not what it is
         check_number("model.coreset_ratio", coreset_ratio, 0, 1, above_low=True)
         check_number("model.projection_dim", projection_dim, 1, integer=True)
         check_number("model.reweight_neighbours", reweight_neighbours, 1, integer=True)
@@ -73,28 +74,33 @@ class PatchCore(FeatureDetector):
         chosen = greedy_coreset(patches, size, self.hparams.projection_dim, generator) if size < len(patches) else None
         self.memory_bank = patches if chosen is None else patches[chosen]
 
-    def nearest(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each patch's squared distance to its nearest bank feature, and that feature's index: block by
-        block of the bank, so memory stays N*P x BANK_CHUNK floats at any bank size."""
+    def nearest(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's squared distances to its k nearest bank features, nearest first, and their indices:
+        block by block of queries and of the bank, so memory stays QUERY_CHUNK x BANK_CHUNK floats however
+        large the batch and the bank."""
+        if len(queries) > QUERY_CHUNK and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            found = [self.nearest(block, k) for block in queries.split(QUERY_CHUNK)]
+            return torch.cat([d for d, _ in found]), torch.cat([i for _, i in found])
         best, best_index = None, None
         for start in range(0, self.memory_bank.shape[0], BANK_CHUNK):
-            distance, index = squared_distances(patches, self.memory_bank[start : start + BANK_CHUNK]).min(1)
-            if best is None:
-                best, best_index = distance, index
-            else:
-                closer = distance < best
-                best, best_index = torch.where(closer, distance, best), torch.where(closer, index + start, best_index)
+            distance, index = squared_distances(queries, self.memory_bank[start : start + BANK_CHUNK]).topk(
+                min(k, len(self.memory_bank[start : start + BANK_CHUNK])), 1, largest=False)
+            if best is not None:  # the k nearest of those found so far and this block's
+                distance, index = torch.cat([best, distance], 1), torch.cat([best_index, index + start], 1)
+                distance, kept = distance.topk(k, 1, largest=False)
+                index = index.gather(1, kept)
+            best, best_index = distance, index
         return best, best_index
 
     def distances(self, features: torch.Tensor):
         n, _, height, width = features.shape
         patches = features.permute(0, 2, 3, 1).flatten(0, 2)
-        squared, index = self.nearest(patches)
+        squared, index = self.nearest(patches, 1)
         patch_scores = squared.sqrt().view(n, height * width)
         worst = patch_scores.argmax(1)  # m_test of each image
         m_test = patches.view(n, height * width, -1)[torch.arange(n), worst]
         m_star = self.memory_bank[index.view(n, height * width)[torch.arange(n), worst]]
-        neighbours = squared_distances(m_star, self.memory_bank).topk(self.hparams.reweight_neighbours, largest=False).indices
+        neighbours = self.nearest(m_star, self.hparams.reweight_neighbours)[1]  # m* is its own nearest
         to_neighbours = (m_test[:, None] - self.memory_bank[neighbours]).pow(2).sum(2).sqrt()
         largest = patch_scores.amax(1)  # s* = |m_test - m*|
         weight = 1 - torch.exp(largest - torch.logsumexp(to_neighbours, 1))  # 1 - exp(s*) / sum exp(|m_test - m|)

