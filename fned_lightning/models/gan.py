@@ -28,7 +28,8 @@ HEAD_LOSS_WEIGHTS = {"ssim": 1.0, "seg": 1.0}  # DRAEM's: SSIM and focal loss be
 
 
 def constant_then_linear_decay(epoch: int, total_epochs: int, decay_epochs: int) -> float:
-    """The "lambda" schedule: factor 1, then a linear ramp towards 0 over the last `decay_epochs`."""
+    """The "lambda" schedule: factor 1, then a linear ramp towards 0 over the last `decay_epochs`. pix2pix's
+    rule, which never reaches 0: the last epoch runs at 1 / (decay_epochs + 1) of the rate (lr/9 at 15 epochs)."""
     into_decay = epoch + 1 - (total_epochs - decay_epochs)
     return 1.0 - max(0, into_decay) / (decay_epochs + 1)
 
