@@ -83,8 +83,8 @@ class PatchCore(FeatureDetector):
             return torch.cat([d for d, _ in found]), torch.cat([i for _, i in found])
         best, best_index = None, None
         for start in range(0, self.memory_bank.shape[0], BANK_CHUNK):
-            distance, index = squared_distances(queries, self.memory_bank[start : start + BANK_CHUNK]).topk(
-                min(k, len(self.memory_bank[start : start + BANK_CHUNK])), 1, largest=False)
+            block = self.memory_bank[start : start + BANK_CHUNK]
+            distance, index = squared_distances(queries, block).topk(min(k, len(block)), 1, largest=False)
             if best is not None:  # the k nearest of those found so far and this block's
                 distance, index = torch.cat([best, distance], 1), torch.cat([best_index, index + start], 1)
                 distance, kept = distance.topk(k, 1, largest=False)
