@@ -6,7 +6,7 @@ CLASS ?= horse
 DATA ?= data/cifar10
 ARGS ?=
 
-.PHONY: install test test-fast train demo cifar10 bench clean
+.PHONY: install lint format test test-fast train demo cifar10 bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,15 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install  ## the test suite: CPU, tiny data made on the spot, no network
+lint: install  ## ruff, from pyproject.toml's [tool.ruff]: the check and the format, changing nothing
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install  ## ruff rewrites what it can: the format and the safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint  ## the linter, then the test suite: CPU, tiny data made on the spot, no network
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
 test-fast: install  ## while working on the code: the suite less the tests that start the command line

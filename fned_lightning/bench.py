@@ -94,26 +94,52 @@ def model_config(name: str, image_size: int):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[f"model={name}", "data=synthetic", f"data.image_size={image_size}", "data.channels=3"])
+        return compose(
+            "train", overrides=[f"model={name}", "data=synthetic", f"data.image_size={image_size}", "data.channels=3"]
+        )
 
 
 def models_of_kind(pretrained: str) -> list[str]:
     """The model configs whose class is pretrained ("yes"), trained from scratch ("no"), or all of them."""
     if pretrained == "all":
         return list(MODELS)
-    return [name for name in MODELS if get_class(model_config(name, 32).model._target_).pretrained == (pretrained == "yes")]
+    return [
+        name for name in MODELS if get_class(model_config(name, 32).model._target_).pretrained == (pretrained == "yes")
+    ]
 
 
-def bench_model(name: str, batch_size: int, image_size: int, repeats: int, warmup: int, accelerator: str,
-                channels_last: bool = False) -> dict:
+def bench_model(
+    name: str,
+    batch_size: int,
+    image_size: int,
+    repeats: int,
+    warmup: int,
+    accelerator: str,
+    channels_last: bool = False,
+) -> dict:
     cfg = model_config(name, image_size)
-    data = SyntheticParts(n_train=batch_size * (repeats + warmup + 1), n_test_normal=8, n_test_abnormal=8,
-                          image_size=image_size, channels=3, batch_size=batch_size, val_fraction=0.0)
+    data = SyntheticParts(
+        n_train=batch_size * (repeats + warmup + 1),
+        n_test_normal=8,
+        n_test_abnormal=8,
+        image_size=image_size,
+        channels=3,
+        batch_size=batch_size,
+        val_fraction=0.0,
+    )
     model = instantiate(cfg.model)
     timer = StepTimer(ConvYardstick(torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")))
-    trainer = L.Trainer(accelerator=accelerator, devices=1, max_epochs=model.fit_epochs, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[timer, Speedups(channels_last=channels_last)])
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_epochs=model.fit_epochs,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer, Speedups(channels_last=channels_last)],
+    )
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)  # f-AnoGAN needs two epochs: the first its WGAN-GP, the second its encoder
     fit_seconds = time.perf_counter() - start  # the whole fit: a feature model's own fitting at the end included
@@ -199,20 +225,41 @@ def training_flops(name: str, batch_size: int, image_size: int) -> float:
     averaged over one cycle of `critic_steps` critic updates and one generator update."""
     model = instantiate(model_config(name, image_size).model)
     batches = model.hparams.get("critic_steps", 1)
-    data = SyntheticParts(n_train=batch_size * batches, n_test_normal=8, n_test_abnormal=8, image_size=image_size,
-                          channels=3, batch_size=batch_size, val_fraction=0.0)
+    data = SyntheticParts(
+        n_train=batch_size * batches,
+        n_test_normal=8,
+        n_test_abnormal=8,
+        image_size=image_size,
+        channels=3,
+        batch_size=batch_size,
+        val_fraction=0.0,
+    )
     counter = FirstEpochFlops()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=model.fit_epochs, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[counter])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=model.fit_epochs,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[counter],
+    )
     trainer.fit(model, datamodule=data)
     return counter.counter.total / batches
 
 
 def bench_data_path(batch_size: int, image_size: int, repeats: int, device: torch.device) -> dict:
     """uint8 tensors in memory -> a float batch in [-1, 1] on the device, as training gets it."""
-    data = SyntheticParts(n_train=batch_size * 64, n_test_normal=8, n_test_abnormal=8, image_size=image_size,
-                          channels=3, batch_size=batch_size, val_fraction=0.0)
+    data = SyntheticParts(
+        n_train=batch_size * 64,
+        n_test_normal=8,
+        n_test_abnormal=8,
+        image_size=image_size,
+        channels=3,
+        batch_size=batch_size,
+        val_fraction=0.0,
+    )
     data.setup("fit")
 
     def epoch():
@@ -229,14 +276,16 @@ def table(results: dict) -> str:
     lines = [
         f"device: {results['device']}, torch {results['torch']}, threads {results['threads']}, "
         f"channels_last {results['channels_last']}; data path: {results['data_path']['images_per_s']:.0f} images/s",
-        "| model | fit img/s | train img/s | train GFLOP/img | train GFLOP/s | 3x3 conv GFLOP/s | of it | infer img/s | infer GFLOP/img | infer GFLOP/s | map ms/img | map share | params (M) |",
+        "| model | fit img/s | train img/s | train GFLOP/img | train GFLOP/s | 3x3 conv GFLOP/s | of it "
+        "| infer img/s | infer GFLOP/img | infer GFLOP/s | map ms/img | map share | params (M) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
         no_maps = math.isnan(r["map_ms_per_image"])  # a feature model: its maps are its inference
         lines.append(
-            f"| {name} | {r['fit_images_per_s']:.1f} | {r['train_images_per_s']:.1f} | {r['train_gflop_per_image']:.3f} | "
-            f"{r['train_gflop_per_s']:.1f} | {r['yardstick_gflop_per_s']:.1f} | {r['train_fraction_of_yardstick']:.2f} | "
+            f"| {name} | {r['fit_images_per_s']:.1f} | {r['train_images_per_s']:.1f} | "
+            f"{r['train_gflop_per_image']:.3f} | {r['train_gflop_per_s']:.1f} | {r['yardstick_gflop_per_s']:.1f} | "
+            f"{r['train_fraction_of_yardstick']:.2f} | "
             f"{r['infer_images_per_s']:.1f} | {r['infer_gflop_per_image']:.3f} | {r['infer_gflop_per_s']:.1f} | "
             f"{'—' if no_maps else format(r['map_ms_per_image'], '.3f')} | "
             f"{'—' if no_maps else format(r['map_share_of_inference'], '.1%')} | {r['parameters_m']:.2f} |"
@@ -249,32 +298,49 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
     parser.add_argument("--models", nargs="+", choices=MODELS, help="default: every model of --pretrained")
-    parser.add_argument("--pretrained", choices=("yes", "no", "all"), default="all",
-                        help="which models by default: those on a pretrained backbone (make bench times them at 224 px), "
-                             "those trained from scratch (at 32 px), or all")
+    parser.add_argument(
+        "--pretrained",
+        choices=("yes", "no", "all"),
+        default="all",
+        help="which models by default: those on a pretrained backbone (make bench times them at 224 px), "
+        "those trained from scratch (at 32 px), or all",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                        help="channels_last weights and inputs, as training uses them by default")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels_last weights and inputs, as training uses them by default",
+    )
     args = parser.parse_args(argv)
     args.models = args.models or models_of_kind(args.pretrained)
     device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
     results = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "batch_size": args.batch_size, "image_size": args.image_size, "repeats": args.repeats, "warmup": args.warmup,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
         "channels_last": args.channels_last,
         "data_path": bench_data_path(args.batch_size, args.image_size, args.repeats, device),
         "models": {},
     }
     for name in args.models:
-        r = bench_model(name, args.batch_size, args.image_size, args.repeats, args.warmup, args.accelerator, args.channels_last)
+        r = bench_model(
+            name, args.batch_size, args.image_size, args.repeats, args.warmup, args.accelerator, args.channels_last
+        )
         r["data_path_vs_train_step"] = results["data_path"]["images_per_s"] / r["train_images_per_s"]
         results["models"][name] = r
-        print(f"{name}: {r['train_images_per_s']:.1f} train images/s, {r['infer_images_per_s']:.1f} inference images/s", flush=True)
+        print(
+            f"{name}: {r['train_images_per_s']:.1f} train images/s, {r['infer_images_per_s']:.1f} inference images/s",
+            flush=True,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))

@@ -63,10 +63,17 @@ class Speedups(L.Callback):
     float32 matrix products (`matmul_precision="high"`). A model's `not_compiled` names the networks
     that cannot be compiled (f-AnoGAN's critic: its gradient penalty needs a double backward)."""
 
-    def __init__(self, channels_last: bool = False, compile: bool = False, cudnn_benchmark: bool = False,
-                 matmul_precision: str | None = None):
+    def __init__(
+        self,
+        channels_last: bool = False,
+        compile: bool = False,
+        cudnn_benchmark: bool = False,
+        matmul_precision: str | None = None,
+    ):
         if matmul_precision not in (None, "highest", "high", "medium"):
-            raise InputError(f"callbacks.speedups.matmul_precision={matmul_precision}; choose highest, high or medium (or null)")
+            raise InputError(
+                f"callbacks.speedups.matmul_precision={matmul_precision}; choose highest, high or medium (or null)"
+            )
         self.channels_last, self.compile = channels_last, compile
         self.cudnn_benchmark, self.matmul_precision = cudnn_benchmark, matmul_precision
         self._done = False

@@ -7,7 +7,9 @@ import torch
 
 from fned_lightning.errors import InputError
 
-MOVED = {"fned_lightning.models.fned.AnomalyGAN": "fned_lightning.models.fned.FNED"}  # FNED's class before it had its own
+MOVED = {
+    "fned_lightning.models.fned.AnomalyGAN": "fned_lightning.models.fned.FNED"
+}  # FNED's class before it had its own
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -18,8 +20,12 @@ def read_checkpoint(path: Path) -> dict:
     except Exception as error:
         other_objects = isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error)
         kind = "holds objects other than plain data" if other_objects else "is damaged, or is no checkpoint"
-        raise InputError(f"cannot read {path} as a checkpoint: it {kind}; pass the checkpoints/last.ckpt that a "
-                         f"fned_lightning train run wrote") from None
+        raise InputError(
+            f"cannot read {path} as a checkpoint: it {kind}; pass the checkpoints/last.ckpt that a "
+            f"fned_lightning train run wrote"
+        ) from None
     if not isinstance(checkpoint, dict):
-        raise InputError(f"{path} is not a fned_lightning checkpoint; pass the checkpoints/last.ckpt that a train run wrote")
+        raise InputError(
+            f"{path} is not a fned_lightning checkpoint; pass the checkpoints/last.ckpt that a train run wrote"
+        )
     return checkpoint

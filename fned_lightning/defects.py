@@ -17,11 +17,15 @@ def check_corruption(kind: str, strength: float) -> None:
     if kind not in CORRUPTIONS:
         raise InputError(f"unknown model.train_corruption={kind}; choose one of: {', '.join(CORRUPTIONS)}")
     if kind == "noise" and not strength > 0:
-        raise InputError(f"model.train_corruption=noise needs model.corruption_strength > 0 (the noise's standard "
-                         f"deviation, images in [-1, 1]; e.g. 0.2), got {strength}")
+        raise InputError(
+            f"model.train_corruption=noise needs model.corruption_strength > 0 (the noise's standard "
+            f"deviation, images in [-1, 1]; e.g. 0.2), got {strength}"
+        )
     if kind == "patches" and not 0 < strength < 1:
-        raise InputError(f"model.train_corruption=patches needs 0 < model.corruption_strength < 1 (the share of "
-                         f"cells masked out; e.g. 0.25), got {strength}")
+        raise InputError(
+            f"model.train_corruption=patches needs 0 < model.corruption_strength < 1 (the share of "
+            f"cells masked out; e.g. 0.25), got {strength}"
+        )
 
 
 def corrupt(x: torch.Tensor, kind: str, strength: float) -> torch.Tensor:
@@ -62,7 +66,9 @@ def paint_defects(images: torch.Tensor, generator: torch.Generator) -> tuple[tor
     direction, length = uniform(0, math.pi), uniform(0.2, 0.5)
     along = dx * torch.cos(direction) + dy * torch.sin(direction)
     across = -dx * torch.sin(direction) + dy * torch.cos(direction)
-    scratch = (across.abs() <= torch.maximum(uniform(0.01, 0.02), torch.tensor(0.5 / size))) & (along.abs() < length / 2)
+    scratch = (across.abs() <= torch.maximum(uniform(0.01, 0.02), torch.tensor(0.5 / size))) & (
+        along.abs() < length / 2
+    )
     spot = (dx**2 + dy**2).sqrt() < uniform(0.04, 0.09)
     half_side = uniform(0.05, 0.12)
     patch = (dx.abs() < half_side) & (dy.abs() < half_side)

@@ -19,20 +19,34 @@ class InputError(ValueError):
     """A bad path, class name, image or setting; the message names the problem and the fix."""
 
 
-def check_number(option: str, value, low: float | None = None, high: float | None = None, *, integer: bool = False,
-                 above_low: bool = False, below_high: bool = False) -> None:
+def check_number(
+    option: str,
+    value,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    integer: bool = False,
+    above_low: bool = False,
+    below_high: bool = False,
+) -> None:
     """A numeric option of the right type within its range (`low` <= value <= `high`, or strictly with
     `above_low` / `below_high`), or one line that names it and what it takes."""
     kind = "a whole number" if integer else "a number"
+
     def shown(bound):
         return str(bound) if integer else f"{bound:g}"
 
-    bounds = [f"{'>' if above_low else '>='} {shown(low)}" if low is not None else "",
-              f"{'<' if below_high else '<='} {shown(high)}" if high is not None else ""]
+    bounds = [
+        f"{'>' if above_low else '>='} {shown(low)}" if low is not None else "",
+        f"{'<' if below_high else '<='} {shown(high)}" if high is not None else "",
+    ]
     wanted = f"{kind} {' and '.join(b for b in bounds if b)}".strip()
     right_type = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
-    if not right_type or (low is not None and (value <= low if above_low else value < low)) or \
-            (high is not None and (value >= high if below_high else value > high)):
+    if (
+        not right_type
+        or (low is not None and (value <= low if above_low else value < low))
+        or (high is not None and (value >= high if below_high else value > high))
+    ):
         raise InputError(f"{option} must be {wanted}, got {value!r}")
 
 
@@ -42,8 +56,10 @@ SIZE_MULTIPLE = 16  # the networks halve an image four times
 def check_image_size(image_size: int, option: str = "data.image_size") -> None:
     """Image sides the networks can halve four times; `option` names where the size came from."""
     if image_size < SIZE_MULTIPLE or image_size % SIZE_MULTIPLE:
-        raise InputError(f"{option}={image_size} is not a multiple of {SIZE_MULTIPLE}; the networks halve it four "
-                         f"times. Use e.g. 32, 64, 128 or 256.")
+        raise InputError(
+            f"{option}={image_size} is not a multiple of {SIZE_MULTIPLE}; the networks halve it four "
+            f"times. Use e.g. 32, 64, 128 or 256."
+        )
 
 
 def input_error_in(error: BaseException | None) -> InputError | None:
@@ -54,8 +70,10 @@ def input_error_in(error: BaseException | None) -> InputError | None:
             return error
         if isinstance(error, MissingMandatoryValue):
             key = error.full_key
-            return InputError(f"{key} has no value and needs one: add {key}=... to the command"
-                              + (" (the folder of your parts, e.g. data.root=parts)" if key == "data.root" else ""))
+            return InputError(
+                f"{key} has no value and needs one: add {key}=... to the command"
+                + (" (the folder of your parts, e.g. data.root=parts)" if key == "data.root" else "")
+            )
         error = error.__cause__ or error.__context__
     return None
 
@@ -83,8 +101,11 @@ def check_options(node: DictConfig, prefix: str) -> None:
     for key in node:
         if not str(key).startswith("_") and key not in options:
             close = difflib.get_close_matches(str(key), sorted(options), n=3)
-            hint = f"did you mean {', '.join(f'{prefix}.{c}' for c in close)}?" if close else \
-                f"it takes: {', '.join(sorted(options))}"
+            hint = (
+                f"did you mean {', '.join(f'{prefix}.{c}' for c in close)}?"
+                if close
+                else f"it takes: {', '.join(sorted(options))}"
+            )
             raise InputError(f"{prefix}.{key} is not an option of {node._target_.rsplit('.', 1)[-1]}; {hint}")
 
 
@@ -126,8 +147,10 @@ def run_hydra_cli(main, config_name: str) -> None:
     except OSError as error:
         if not made_by_hydra(error):
             raise
-        fail(f"cannot create the run folder {error.filename} ({error.strerror}); choose another with "
-             f"hydra.run.dir=... (hydra.sweep.dir=... with -m)")
+        fail(
+            f"cannot create the run folder {error.filename} ({error.strerror}); choose another with "
+            f"hydra.run.dir=... (hydra.sweep.dir=... with -m)"
+        )
     except Exception as error:  # a sweep's job that failed on a user mistake: the others ran
         user_error = input_error_in(error)
         if user_error is None:
@@ -138,9 +161,14 @@ def run_hydra_cli(main, config_name: str) -> None:
 def made_by_hydra(error: OSError) -> bool:
     """Whether Hydra raised it while making a run or sweep folder (a read-only place, a parent that is a file)."""
     frames = traceback.extract_tb(error.__traceback__)
-    return error.filename is not None and any(
-        frame.name in ("run_job", "launch", "_run_hydra", "run") and f"hydra{os.sep}" in frame.filename for frame in frames
-    ) and frames[-1].name in ("mkdir", "makedirs")
+    return (
+        error.filename is not None
+        and any(
+            frame.name in ("run_job", "launch", "_run_hydra", "run") and f"hydra{os.sep}" in frame.filename
+            for frame in frames
+        )
+        and frames[-1].name in ("mkdir", "makedirs")
+    )
 
 
 def composition_message(error: Exception, config_name: str) -> str:

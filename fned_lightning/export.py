@@ -3,8 +3,8 @@
 Writes a model that maps a batch of images, float N x C x S x S in [0, 1], to
 (score: N, anomaly_map: N x S x S): the score normalised with the validation-fitted range, the map
 the model's own (a reconstruction model's smoothed residual |x - x_fake|, a feature model's smoothed
-patch distances, a segmentation head's defect probability), as training and `predict` compute it. A JSON file beside it gives the image size, channels, both decision
-thresholds on that score and the pixel threshold on the map.
+patch distances, a segmentation head's defect probability), as training and `predict` compute it. A JSON file
+beside it gives the image size, channels, both decision thresholds on that score and the pixel threshold on the map.
 """
 
 import json
@@ -50,13 +50,19 @@ def write(wrapper: ScoreAndMap, example: torch.Tensor, output: Path, format: str
         warnings.filterwarnings("ignore", message=".*Only steps=1 can be constant folded")
         # shapes read as numbers (the maps' kernel radius, GroupNorm's batch check): right, as an export has one
         # image size, and the batch axis is declared dynamic above
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
-                                message=".*Converting a tensor to a Python (integer|boolean)")
+        warnings.filterwarnings(
+            "ignore", category=torch.jit.TracerWarning, message=".*Converting a tensor to a Python (integer|boolean)"
+        )
         if format == "onnx":
             torch.onnx.export(
-                wrapper, (example,), str(output), input_names=["images"], output_names=["score", "anomaly_map"],
+                wrapper,
+                (example,),
+                str(output),
+                input_names=["images"],
+                output_names=["score", "anomaly_map"],
                 dynamic_axes={"images": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}},
-                opset_version=opset, dynamo=False,
+                opset_version=opset,
+                dynamo=False,
             )
         else:
             batch = torch.export.Dim("batch", min=1)
@@ -89,11 +95,16 @@ def export(cfg: DictConfig) -> Path:
     write(wrapper, example, output, cfg.format, cfg.opset)
     sidecar = {
         "input": f"float images in [0, 1], N x {info['channels']} x {info['image_size']} x {info['image_size']}",
-        "outputs": {"score": "anomaly score, min-max normalised with the normal validation range",
-                    "anomaly_map": model.map_description()},
-        "image_size": info["image_size"], "channels": info["channels"], "model": info["model_target"].rsplit(".", 1)[-1],
+        "outputs": {
+            "score": "anomaly score, min-max normalised with the normal validation range",
+            "anomaly_map": model.map_description(),
+        },
+        "image_size": info["image_size"],
+        "channels": info["channels"],
+        "model": info["model_target"].rsplit(".", 1)[-1],
         "thresholds": thresholds,
-        "pixel_threshold": model.pixel_threshold.item(),  # on anomaly_map: exceeded by false_positive_rate of normal pixels
+        # on anomaly_map: exceeded by false_positive_rate of normal pixels
+        "pixel_threshold": model.pixel_threshold.item(),
         "false_positive_rate": model.false_positive_rate,
     }
     output.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")

@@ -14,7 +14,9 @@ from torchmetrics.functional.classification import binary_precision_recall_curve
 from fned_lightning.scoring import min_max_normalise, ranking_metrics
 
 
-def score_histogram(scores: torch.Tensor, labels: torch.Tensor, path: Path, title: str, threshold: float | None = None) -> Path:
+def score_histogram(
+    scores: torch.Tensor, labels: torch.Tensor, path: Path, title: str, threshold: float | None = None
+) -> Path:
     normalised = min_max_normalise(scores, scores.min().item(), scores.max().item())
     fig, ax = plt.subplots(figsize=(5, 3.5))
     bins = torch.linspace(0, 1, 41).tolist()
@@ -47,11 +49,15 @@ def roc_and_pr_curves(scores: torch.Tensor, labels: torch.Tensor, path: Path, ti
 
 def reconstruction_grid(groups: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, title: str) -> Path:
     """Per group (e.g. "normal", "defect"), a row of inputs over a row of their reconstructions; [-1, 1]."""
-    rows = [(f"{name}\ninput" if kind == 0 else "reconstruction", part)
-            for name, pair in groups.items() for kind, part in enumerate(pair)]
+    rows = [
+        (f"{name}\ninput" if kind == 0 else "reconstruction", part)
+        for name, pair in groups.items()
+        for kind, part in enumerate(pair)
+    ]
     columns = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns + 0.8, 1.15 * len(rows) + 0.4), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        len(rows), columns, figsize=(1.1 * columns + 0.8, 1.15 * len(rows) + 0.4), squeeze=False, layout="constrained"
+    )
     for i, (label, images) in enumerate(rows):
         for j, ax in enumerate(axes[i]):
             ax.set_xticks([]), ax.set_yticks([])
@@ -68,16 +74,24 @@ def reconstruction_grid(groups: dict[str, tuple[torch.Tensor, torch.Tensor]], pa
     return path
 
 
-def anomaly_map_grid(images: torch.Tensor, masks: torch.Tensor | None, maps: torch.Tensor, titles: list[str],
-                     pixel_threshold: float, path: Path, title: str) -> Path:
+def anomaly_map_grid(
+    images: torch.Tensor,
+    masks: torch.Tensor | None,
+    maps: torch.Tensor,
+    titles: list[str],
+    pixel_threshold: float,
+    path: Path,
+    title: str,
+) -> Path:
     """A column per test image, titled by `titles` (its class or defect folder): the image ([-1, 1], in
     colour where it has three channels), its ground-truth mask (where the data has masks; grey where
     unknown) and its anomaly map, all maps on one colour scale (their min to max), the pixel threshold
     outlined in white."""
     rows = ["image", "ground truth", "anomaly map"] if masks is not None else ["image", "anomaly map"]
     columns = len(images)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.1 * columns + 1, 1.2 * len(rows) + 0.5), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        len(rows), columns, figsize=(1.1 * columns + 1, 1.2 * len(rows) + 0.5), squeeze=False, layout="constrained"
+    )
     low, high = maps.min().item(), maps.max().item()
     for j in range(columns):
         shown = [(images[j].float() * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 0).squeeze(-1)]  # H x W x 3, or H x W grey
@@ -85,10 +99,13 @@ def anomaly_map_grid(images: torch.Tensor, masks: torch.Tensor | None, maps: tor
             shown.append(torch.where(masks[j] < 0, 0.5, masks[j].float()))  # unknown (MASK_UNKNOWN) drawn mid-grey
         for i, picture in enumerate(shown):
             axes[i, j].imshow(picture.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        heat = axes[-1, j].imshow(maps[j].numpy(), cmap="jet", vmin=low, vmax=max(high, low + 1e-12),
-                                  interpolation="nearest")
+        heat = axes[-1, j].imshow(
+            maps[j].numpy(), cmap="jet", vmin=low, vmax=max(high, low + 1e-12), interpolation="nearest"
+        )
         if math.isfinite(pixel_threshold) and (maps[j] > pixel_threshold).any():
-            axes[-1, j].contour((maps[j] > pixel_threshold).float().numpy(), levels=[0.5], colors="white", linewidths=0.8)
+            axes[-1, j].contour(
+                (maps[j] > pixel_threshold).float().numpy(), levels=[0.5], colors="white", linewidths=0.8
+            )
         axes[0, j].set_title(titles[j], fontsize=8)
     for i, name in enumerate(rows):
         axes[i, 0].set_ylabel(name, fontsize=8)

@@ -12,7 +12,8 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 def hide_lightning_tips() -> None:
     """Lightning advertises its cloud logger on every run: not a message our users need."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage())
+        lambda record: "litlogger" not in record.getMessage()
+    )
 
 
 class WandbLogger(LightningWandbLogger):

@@ -55,13 +55,17 @@ def rebuild_detector(checkpoint: dict, path: Path):
     """(model, info) from a checkpoint already read (`read_checkpoint`); path names it in the messages."""
     info = checkpoint.get("fned_lightning")
     if info is None:
-        raise InputError(f"{path} is not a fned_lightning checkpoint; pass the checkpoints/last.ckpt that a train run wrote")
+        raise InputError(
+            f"{path} is not a fned_lightning checkpoint; pass the checkpoints/last.ckpt that a train run wrote"
+        )
     info["model_target"] = MOVED.get(info["model_target"], info["model_target"])
     try:
         model = get_class(info["model_target"]).rebuilt(checkpoint["hyper_parameters"], checkpoint["state_dict"])
     except (ImportError, TypeError, RuntimeError) as error:  # a class moved, an argument or a layer changed
-        raise InputError(f"{path} holds a {info['model_target']} that this version of fned_lightning cannot rebuild "
-                         f"(the model changed since; retrain it): {str(error).splitlines()[0]}") from error
+        raise InputError(
+            f"{path} holds a {info['model_target']} that this version of fned_lightning cannot rebuild "
+            f"(the model changed since; retrain it): {str(error).splitlines()[0]}"
+        ) from error
     return model, info
 
 
@@ -77,7 +81,9 @@ def find_images(spec: str) -> list[Path]:
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
-        log.warning("skipped %d files that are not images (%s; readable: %s)", len(others), suffixes_of(others), READABLE)
+        log.warning(
+            "skipped %d files that are not images (%s; readable: %s)", len(others), suffixes_of(others), READABLE
+        )
     if not images and files:
         raise InputError(f"no images at input={spec}: found only {suffixes_of(files)} files; readable: {READABLE}")
     if not images:
@@ -90,12 +96,17 @@ def decision_rule(model, decision: str) -> tuple[float, str]:
     if decision not in DECISIONS:
         raise InputError(f"unknown decision={decision}; choose one of: {', '.join(DECISIONS)}")
     if torch.isnan(model.score_min) or torch.isnan(model.score_threshold):
-        raise InputError("this checkpoint has no fitted normalisation (it was trained with data.val_fraction=0); "
-                         "retrain with a validation split, e.g. data.val_fraction=0.1")
+        raise InputError(
+            "this checkpoint has no fitted normalisation (it was trained with data.val_fraction=0); "
+            "retrain with a validation split, e.g. data.val_fraction=0.1"
+        )
     low, high = model.score_min.item(), model.score_max.item()
     if decision == "calibrated":
-        return model.score_threshold.item(), f"raw score > {model.score_threshold.item():.6g} " \
-            f"(exceeded by {model.false_positive_rate:.1%} of normal validation images)"
+        return (
+            model.score_threshold.item(),
+            f"raw score > {model.score_threshold.item():.6g} "
+            f"(exceeded by {model.false_positive_rate:.1%} of normal validation images)",
+        )
     raw = low + model.threshold * (high - low)
     return raw, f"normalised score > {model.threshold} (raw score > {raw:.6g})"
 
@@ -103,7 +114,9 @@ def decision_rule(model, decision: str) -> tuple[float, str]:
 OVERLAY_SIDE = 320  # pixels: a small input is drawn larger (each of its pixels a block), so the scale's labels fit
 
 
-def write_overlay(image: torch.Tensor, anomaly_map: torch.Tensor, scale: float, pixel_threshold: float, path: Path) -> None:
+def write_overlay(
+    image: torch.Tensor, anomaly_map: torch.Tensor, scale: float, pixel_threshold: float, path: Path
+) -> None:
     """The input (uint8 CxHxW, in grey) with its anomaly map (HxW, the same size) in the jet colours over
     it, pixel for pixel, and a colour scale beside it on which the pixel threshold is marked. An input
     under OVERLAY_SIDE pixels a side is drawn an integer number of times larger, so a person can read it."""
@@ -118,7 +131,9 @@ def write_overlay(image: torch.Tensor, anomaly_map: torch.Tensor, scale: float, 
     image_axes = fig.add_axes((0, 0, shown_width / (shown_width + bar), 1))
     image_axes.imshow(0.55 * grey + 0.45 * heat, interpolation="nearest", aspect="auto")
     image_axes.set_axis_off()
-    scale_axes = fig.add_axes(((shown_width + 0.1 * bar) / (shown_width + bar), 0.05, 0.15 * bar / (shown_width + bar), 0.9))
+    scale_axes = fig.add_axes(
+        ((shown_width + 0.1 * bar) / (shown_width + bar), 0.05, 0.15 * bar / (shown_width + bar), 0.9)
+    )
     colours = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, scale), cmap="jet")
     colour_bar = fig.colorbar(colours, cax=scale_axes)
     colour_bar.ax.axhline(min(pixel_threshold, scale), color="white", linewidth=2)
@@ -137,7 +152,9 @@ def prepare_output(output: Path, overlays: bool) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise InputError(f"cannot write to output={output} ({error.strerror}); choose a folder you can write to") from error
+        raise InputError(
+            f"cannot write to output={output} ({error.strerror}); choose a folder you can write to"
+        ) from error
 
 
 def predict(cfg: DictConfig) -> dict:
@@ -146,8 +163,10 @@ def predict(cfg: DictConfig) -> dict:
     model = to_channels_last(model)  # NHWC: faster on CPU and GPU alike (make bench)
     size, channels = info["image_size"], info["channels"]
     if cfg.image_size is not None and cfg.image_size != size:
-        raise InputError(f"the checkpoint was trained on {size}x{size} images, not image_size={cfg.image_size}; "
-                         f"drop image_size (inputs are resized to {size}) or use a checkpoint trained at that size")
+        raise InputError(
+            f"the checkpoint was trained on {size}x{size} images, not image_size={cfg.image_size}; "
+            f"drop image_size (inputs are resized to {size}) or use a checkpoint trained at that size"
+        )
     threshold, rule = decision_rule(model, cfg.decision)
     paths = find_images(cfg.input)
     output = Path(cfg.output).expanduser()
@@ -184,10 +203,19 @@ def predict(cfg: DictConfig) -> dict:
         normalised = model.normalise(scores).cpu()
         for i, path in enumerate(readable):
             abnormal = scores[i].item() > threshold
-            rows.append([str(path), f"{scores[i].item():.6g}", f"{normalised[i].item():.6g}", "abnormal" if abnormal else "normal"])
+            rows.append(
+                [
+                    str(path),
+                    f"{scores[i].item():.6g}",
+                    f"{normalised[i].item():.6g}",
+                    "abnormal" if abnormal else "normal",
+                ]
+            )
             if cfg.overlays:  # at the input's own resolution: the map resized to it
                 own_size = originals[i].shape[-2:]
-                anomaly_map = F.interpolate(maps[i][None, None], size=own_size, mode="bilinear", align_corners=False)[0, 0]
+                anomaly_map = F.interpolate(maps[i][None, None], size=own_size, mode="bilinear", align_corners=False)[
+                    0, 0
+                ]
                 write_overlay(originals[i], anomaly_map, map_scale, pixel_threshold, output / "overlays" / names[path])
                 mask = (anomaly_map > pixel_threshold).to(torch.uint8).mul(255)[None]
                 write_png(mask, str(output / "masks" / names[path]))
@@ -198,23 +226,45 @@ def predict(cfg: DictConfig) -> dict:
     scores_seen = torch.cat(all_scores) if all_scores else torch.empty(0)
     below = (scores_seen < model.score_min.item()).float().mean().item() if len(scores_seen) else 0.0
     above = (scores_seen > model.score_max.item()).float().mean().item() if len(scores_seen) else 0.0
-    if below + above > 0.5:  # most of the folder outside what normal parts scored: not the conditions it was trained for
-        log.warning("%.0f%% of these images score below and %.0f%% above every normal validation image: they differ "
-                    "from the training images as a whole (lighting, camera, a different part?), not only where a defect "
-                    "is. Decisions on them cannot be trusted; see docs/lighting_and_shift.md (data.intensity="
-                    "per_image, or train on normal images taken under these conditions).", 100 * below, 100 * above)
+    if (
+        below + above > 0.5
+    ):  # most of the folder outside what normal parts scored: not the conditions it was trained for
+        log.warning(
+            "%.0f%% of these images score below and %.0f%% above every normal validation image: they differ "
+            "from the training images as a whole (lighting, camera, a different part?), not only where a defect "
+            "is. Decisions on them cannot be trusted; see docs/lighting_and_shift.md (data.intensity="
+            "per_image, or train on normal images taken under these conditions).",
+            100 * below,
+            100 * above,
+        )
     summary = {
-        "ckpt_path": str(cfg.ckpt_path), "model": info["model_target"].rsplit(".", 1)[-1], "image_size": size,
-        "decision": cfg.decision, "rule": rule, "n_images": len(paths), "n_scored": scored, "n_abnormal": abnormal,
-        "n_skipped": skipped, "device": str(device),
-        "pixel_threshold": pixel_threshold, "map_scale": map_scale, "share_below_validation_range": below,
+        "ckpt_path": str(cfg.ckpt_path),
+        "model": info["model_target"].rsplit(".", 1)[-1],
+        "image_size": size,
+        "decision": cfg.decision,
+        "rule": rule,
+        "n_images": len(paths),
+        "n_scored": scored,
+        "n_abnormal": abnormal,
+        "n_skipped": skipped,
+        "device": str(device),
+        "pixel_threshold": pixel_threshold,
+        "map_scale": map_scale,
+        "share_below_validation_range": below,
         "share_above_validation_range": above,
         "images_per_s": scored / (time.perf_counter() - started),  # reading, scoring, overlays and masks
         "model_images_per_s": scored / seconds if seconds else math.nan,  # the networks alone
     }
     (output / "predictions.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("%d images scored (%d abnormal, %d skipped) at %.1f images/s; decision: %s; results in %s",
-             scored, abnormal, skipped, summary["images_per_s"], rule, output)
+    log.info(
+        "%d images scored (%d abnormal, %d skipped) at %.1f images/s; decision: %s; results in %s",
+        scored,
+        abnormal,
+        skipped,
+        summary["images_per_s"],
+        rule,
+        output,
+    )
     return summary
 
 

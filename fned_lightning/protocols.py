@@ -26,7 +26,10 @@ from fned_lightning.scoring import defect_residual_ratio, ranking_metrics
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("honest", "paper", "both")
-PAPER_TEST_BATCHES = ("anchors", "mixed")  # the anchors' batches (training batch size, CIFAR-10 sorted by label); mixed: as the honest test's
+PAPER_TEST_BATCHES = (
+    "anchors",
+    "mixed",
+)  # the anchors' batches (training batch size, CIFAR-10 sorted by label); mixed: as the honest test's
 
 
 def check_protocol(protocol: str) -> None:
@@ -75,19 +78,28 @@ class PaperProtocol(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_auroc, self.best_epoch, self.best_state = (
-            state_dict["best_auroc"], state_dict["best_epoch"], state_dict["best_state"])
+            state_dict["best_auroc"],
+            state_dict["best_epoch"],
+            state_dict["best_state"],
+        )
 
     def on_fit_end(self, trainer, pl_module):
         if pl_module.protocol == "paper" and self.best_state is not None:
             pl_module.load_state_dict(self.best_state)
-            log.info("protocol=paper: testing epoch %d, the one with the best test AUROC (%.4f)", self.best_epoch, self.best_auroc)
+            log.info(
+                "protocol=paper: testing epoch %d, the one with the best test AUROC (%.4f)",
+                self.best_epoch,
+                self.best_auroc,
+            )
 
     def test_best_epoch(self, trainer, pl_module, datamodule) -> dict:
         """protocol=both, after the honest test: the paper's test of the selected epoch's weights, its
         metrics prefixed `paper_`; the model is left with its last epoch's weights, as it was."""
         last = state_copy(pl_module)
         honest_results = pl_module.test_results
-        selected = (self.best_state, self.best_epoch) if self.best_state else (last, trainer.current_epoch - 1)  # no AUROC defined
+        selected = (
+            (self.best_state, self.best_epoch) if self.best_state else (last, trainer.current_epoch - 1)
+        )  # no AUROC defined
         pl_module.protocol = "paper"
         try:
             pl_module.load_state_dict(selected[0])
@@ -97,7 +109,9 @@ class PaperProtocol(L.Callback):
             pl_module.protocol = "both"
             pl_module.load_state_dict(last)
             pl_module.test_results = honest_results
-        log.info("protocol=both: the paper's evaluation tested epoch %d (best test AUROC %.4f)", selected[1], self.best_auroc)
+        log.info(
+            "protocol=both: the paper's evaluation tested epoch %d (best test AUROC %.4f)", selected[1], self.best_auroc
+        )
         return {f"paper_{name}": value for name, value in metrics.items()}
 
     @torch.inference_mode()
@@ -118,7 +132,8 @@ class PaperProtocol(L.Callback):
             for batch in itertools.islice(loader, n_batches):
                 # to the device and [-1, 1], as Lightning brings a batch
                 images, batch_labels, index = trainer.datamodule.on_after_batch_transfer(
-                    tuple(part.to(pl_module.device) for part in batch), 0)
+                    tuple(part.to(pl_module.device) for part in batch), 0
+                )
                 detection = pl_module(images)
                 scores.append(detection.scores.cpu())
                 labels.append(batch_labels.cpu())
@@ -129,10 +144,13 @@ class PaperProtocol(L.Callback):
             buffer.copy_(buffers[name])  # training mode moved BatchNorm's running statistics: put them back
         pl_module.train(was_training)
         auroc = ranking_metrics(torch.cat(scores), torch.cat(labels))["auroc"]
-        ratio = defect_residual_ratio(torch.cat(residuals), masks[torch.cat(indices).to(masks.device)].cpu()) if residuals else math.nan
+        ratio = (
+            defect_residual_ratio(torch.cat(residuals), masks[torch.cat(indices).to(masks.device)].cpu())
+            if residuals
+            else math.nan
+        )
         return -math.inf if math.isnan(auroc) else auroc, ratio
 
 
 def state_copy(module, device=None) -> dict[str, torch.Tensor]:
     return {k: v.detach().to(device or v.device, copy=True) for k, v in module.state_dict().items()}
-

@@ -36,25 +36,30 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 EVALUATION = set(OmegaConf.load(CONF / "evaluation.yaml"))  # what every model shares
 SHORT_NAMES = {"airplane": "plane", "automobile": "car"}
 FOLDER_METRICS = ("auroc", "auprc", "f1", "recall", "precision")
-PIXEL_METRICS = {"auroc_score_paper": "AUROC (paper's score)", "auroc_score_map_max": "AUROC (map max)",
-                 "pixel_auroc": "pixel AUROC", "pixel_aupro": "AUPRO (30% FPR)", "pixel_f1": "pixel F1",
-                 "defect_residual_ratio": "residual defect / normal"}  # ~1: G copies its input, defects too
+PIXEL_METRICS = {
+    "auroc_score_paper": "AUROC (paper's score)",
+    "auroc_score_map_max": "AUROC (map max)",
+    "pixel_auroc": "pixel AUROC",
+    "pixel_aupro": "AUPRO (30% FPR)",
+    "pixel_f1": "pixel F1",
+    "defect_residual_ratio": "residual defect / normal",
+}  # ~1: G copies its input, defects too
 PAPER = {  # as printed in the paper (its own protocol), for comparison only
     "auroc": {
-        "f-AnoGAN": [.529, .731, .389, .482, .365, .517, .431, .603, .484, .697, .523],
-        "GANomaly": [.966, .691, .561, .637, .745, .722, .915, .632, .919, .711, .750],
-        "Skip-GANomaly": [.997, .869, .661, .747, .927, .749, .974, .663, .968, .872, .843],
-        "FNED": [.999, .947, .874, .877, .973, .839, .995, .864, .998, .901, .927],
+        "f-AnoGAN": [0.529, 0.731, 0.389, 0.482, 0.365, 0.517, 0.431, 0.603, 0.484, 0.697, 0.523],
+        "GANomaly": [0.966, 0.691, 0.561, 0.637, 0.745, 0.722, 0.915, 0.632, 0.919, 0.711, 0.750],
+        "Skip-GANomaly": [0.997, 0.869, 0.661, 0.747, 0.927, 0.749, 0.974, 0.663, 0.968, 0.872, 0.843],
+        "FNED": [0.999, 0.947, 0.874, 0.877, 0.973, 0.839, 0.995, 0.864, 0.998, 0.901, 0.927],
     },
     "auprc": {
-        "GANomaly": [.929, .516, .492, .525, .666, .604, .853, .501, .821, .525, .643],
-        "Skip-GANomaly": [.997, .770, .558, .635, .911, .606, .961, .494, .943, .803, .768],
-        "FNED": [.999, .912, .818, .825, .963, .707, .993, .775, .998, .836, .883],
+        "GANomaly": [0.929, 0.516, 0.492, 0.525, 0.666, 0.604, 0.853, 0.501, 0.821, 0.525, 0.643],
+        "Skip-GANomaly": [0.997, 0.770, 0.558, 0.635, 0.911, 0.606, 0.961, 0.494, 0.943, 0.803, 0.768],
+        "FNED": [0.999, 0.912, 0.818, 0.825, 0.963, 0.707, 0.993, 0.775, 0.998, 0.836, 0.883],
     },
     "folder": {  # the paper's railway fastener set (not public): AUROC, AUPRC, F1, recall, precision
-        "GANomaly": [.892, .887, .764, .682, .870],
-        "Skip-GANomaly": [.873, .828, .775, .831, .733],
-        "FNED": [.987, .967, .983, 1.000, .967],
+        "GANomaly": [0.892, 0.887, 0.764, 0.682, 0.870],
+        "Skip-GANomaly": [0.873, 0.828, 0.775, 0.831, 0.733],
+        "FNED": [0.987, 0.967, 0.983, 1.000, 0.967],
     },
 }
 
@@ -71,8 +76,10 @@ def display_name(name: str) -> str:
 def model_identity(target: str | None, name: str | None) -> dict:
     """A run's model as reports name it (its class's display_name), and whether it is pretrained (marked †)."""
     cls = model_class(target, name)
-    return {"model_name": (cls.display_name or cls.__name__) if cls else name,
-            "pretrained": cls.pretrained if cls else False}
+    return {
+        "model_name": (cls.display_name or cls.__name__) if cls else name,
+        "pretrained": cls.pretrained if cls else False,
+    }
 
 
 @cache
@@ -100,15 +107,28 @@ def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
                 config = OmegaConf.load(run / "config.yaml") if (run / "config.yaml").exists() else {}
                 metrics = json.loads((run / "metrics.json").read_text())
                 model = OmegaConf.to_container(config.model) if "model" in config else {}
-                finished.append(metrics | {"run": str(run), "variant": model_variant(metrics.get("model"), model),
-                                           **model_identity(model.get("_target_"), metrics.get("model"))})
+                finished.append(
+                    metrics
+                    | {
+                        "run": str(run),
+                        "variant": model_variant(metrics.get("model"), model),
+                        **model_identity(model.get("_target_"), metrics.get("model")),
+                    }
+                )
                 continue
             config = OmegaConf.load(hydra_dir / "config.yaml")
             choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
-            failed.append({"run": str(run), "model": choices.get("model"), "data": choices.get("data"),
-                           **model_identity(config.get("model", {}).get("_target_"), choices.get("model")),
-                           "anomaly_class": config.get("anomaly_class"), "protocol": config.get("protocol"),
-                           "data_root": config.get("data", {}).get("root")})
+            failed.append(
+                {
+                    "run": str(run),
+                    "model": choices.get("model"),
+                    "data": choices.get("data"),
+                    **model_identity(config.get("model", {}).get("_target_"), choices.get("model")),
+                    "anomaly_class": config.get("anomaly_class"),
+                    "protocol": config.get("protocol"),
+                    "data_root": config.get("data", {}).get("root"),
+                }
+            )
     return finished, failed
 
 
@@ -137,10 +157,16 @@ def changed_settings(name: str | None, model) -> list[str]:
         return []
     published = OmegaConf.load(path)
     published = published.model if "model" in published else published  # a config in the global package
-    return [f"{key}={value}" for key, value in model.items()
-            if key in published and not key.startswith("_") and key not in REMEDIES | EVALUATION
-            and not OmegaConf.is_interpolation(published, key)
-            and not isinstance(value, (dict, list)) and published[key] != value]
+    return [
+        f"{key}={value}"
+        for key, value in model.items()
+        if key in published
+        and not key.startswith("_")
+        and key not in REMEDIES | EVALUATION
+        and not OmegaConf.is_interpolation(published, key)
+        and not isinstance(value, (dict, list))
+        and published[key] != value
+    ]
 
 
 def evaluations(finished: list[dict]) -> list[dict]:
@@ -234,7 +260,9 @@ def cifar_table(finished, failed, metric: str) -> tuple[list[str], list[list[str
                 class_means.append(statistics.mean(v for v in runs if not math.isnan(v)))
         complete = len(class_means) == len(CIFAR10_CLASSES)
         average = statistics.mean(class_means) if class_means else None
-        cells.append("—" if average is None else f"{average:.3f}" + ("" if complete else f" ({len(class_means)}/10 classes)"))
+        cells.append(
+            "—" if average is None else f"{average:.3f}" + ("" if complete else f" ({len(class_means)}/10 classes)")
+        )
         rows.append(cells)
         means[name] = {c: statistics.mean(values[name][c]) for c in CIFAR10_CLASSES if values[name].get(c)}
         averages[name] = average
@@ -255,14 +283,34 @@ def folder_table(finished, failed) -> tuple[list[str], list[list[str]]]:
     for run in failed:
         if run["data"] != "cifar10":
             values.setdefault((data_set_of(run), row_name(run)), defaultdict(list))
-    header = ["data set", "model", "budget", "AUROC", "AUPRC", "F1", "recall", "precision", "AUROC paper - honest"]  # FOLDER_METRICS
+    header = [
+        "data set",
+        "model",
+        "budget",
+        "AUROC",
+        "AUPRC",
+        "F1",
+        "recall",
+        "precision",
+        "AUROC paper - honest",
+    ]  # FOLDER_METRICS
     rows = []
     for data_set, name in sorted(values, key=lambda key: (key[0], model_rank(key[1]))):
         cells = values[(data_set, name)]
-        aurocs = {row: mean_of(values[(data_set, row)]["auroc"]) for row in (name, name.split(" [")[0]) if (data_set, row) in values}
-        rows.append([data_set, name, budgets(row_runs[(data_set, name)]) or "—",
-                     *(summarise(cells[m]) if cells[m] else "failed" for m in FOLDER_METRICS),
-                     paper_gap(aurocs, name)])
+        aurocs = {
+            row: mean_of(values[(data_set, row)]["auroc"])
+            for row in (name, name.split(" [")[0])
+            if (data_set, row) in values
+        }
+        rows.append(
+            [
+                data_set,
+                name,
+                budgets(row_runs[(data_set, name)]) or "—",
+                *(summarise(cells[m]) if cells[m] else "failed" for m in FOLDER_METRICS),
+                paper_gap(aurocs, name),
+            ]
+        )
     return header, rows
 
 
@@ -276,9 +324,15 @@ def summary_table(finished, columns: dict[str, str], include) -> tuple[list[str]
         for metric in columns:
             values[key][metric].append(run.get(metric))
     header = ["data set", "model", "budget", *columns.values()]
-    rows = [[data_set, name, budgets(row_runs[(data_set, name)]),
-             *(summarise(values[(data_set, name)][m]) for m in columns)]
-            for data_set, name in sorted(values, key=lambda key: (key[0], model_rank(key[1])))]
+    rows = [
+        [
+            data_set,
+            name,
+            budgets(row_runs[(data_set, name)]),
+            *(summarise(values[(data_set, name)][m]) for m in columns),
+        ]
+        for data_set, name in sorted(values, key=lambda key: (key[0], model_rank(key[1])))
+    ]
     return header, rows
 
 
@@ -287,27 +341,41 @@ def pixel_table(finished) -> tuple[list[str], list[list[str]]]:
     return summary_table(finished, PIXEL_METRICS, lambda run: run.get("pixel_auroc") is not None)
 
 
-VAL_DEFECT_METRICS = {"val_auroc_score_paper": "AUROC (paper's score)", "val_auroc_score_map_max": "AUROC (map max)",
-                      "val_pixel_auroc": "pixel AUROC", "val_defect_residual_ratio": "residual defect / normal"}
+VAL_DEFECT_METRICS = {
+    "val_auroc_score_paper": "AUROC (paper's score)",
+    "val_auroc_score_map_max": "AUROC (map max)",
+    "val_pixel_auroc": "pixel AUROC",
+    "val_defect_residual_ratio": "residual defect / normal",
+}
 
 
 def painted_defects_table(finished) -> tuple[list[str], list[list[str]]]:
     """Runs with data.synthetic_val_defects: how each found the defects painted on its normal validation
     images after its last epoch (no test label involved; the same for both protocols, so honest rows only)."""
-    return summary_table(finished, VAL_DEFECT_METRICS,
-                         lambda run: run.get("val_auroc_score_paper") is not None and run.get("protocol") != "paper")
+    return summary_table(
+        finished,
+        VAL_DEFECT_METRICS,
+        lambda run: run.get("val_auroc_score_paper") is not None and run.get("protocol") != "paper",
+    )
 
 
-REAL_DEFECT_METRICS = {"val_real_auroc": "AUROC (its image score)", "val_real_auprc": "AUPRC",
-                       "val_real_auroc_score_paper": "AUROC (paper's score)", "val_real_auroc_score_map_max": "AUROC (map max)",
-                       "auroc": "test AUROC (honest)"}
+REAL_DEFECT_METRICS = {
+    "val_real_auroc": "AUROC (its image score)",
+    "val_real_auprc": "AUPRC",
+    "val_real_auroc_score_paper": "AUROC (paper's score)",
+    "val_real_auroc_score_map_max": "AUROC (map max)",
+    "auroc": "test AUROC (honest)",
+}
 
 
 def real_defects_table(finished) -> tuple[list[str], list[list[str]]]:
     """Runs with data.val_defects: how each found the real defects moved from the test set into validation,
     after its last epoch, beside its honest test AUROC on the test images left."""
-    return summary_table(finished, REAL_DEFECT_METRICS,
-                         lambda run: run.get("val_real_auroc") is not None and run.get("protocol") != "paper")
+    return summary_table(
+        finished,
+        REAL_DEFECT_METRICS,
+        lambda run: run.get("val_real_auroc") is not None and run.get("protocol") != "paper",
+    )
 
 
 def mean_of(values: list[float]) -> float | None:
@@ -321,8 +389,10 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def paper_rows(metric: str) -> list[list[str]]:
-    return [[f"{name} (paper, its protocol)", PAPER_BUDGET, *(f"{v:.3f}" for v in values), ""]
-            for name, values in PAPER[metric].items()]
+    return [
+        [f"{name} (paper, its protocol)", PAPER_BUDGET, *(f"{v:.3f}" for v in values), ""]
+        for name, values in PAPER[metric].items()
+    ]
 
 
 def bar_chart(means: dict[str, dict[str, float]], metric: str, path: Path) -> Path | None:
@@ -334,7 +404,9 @@ def bar_chart(means: dict[str, dict[str, float]], metric: str, path: Path) -> Pa
     for i, (name, per_class) in enumerate(means.items()):
         xs = [k + i * width for k, c in enumerate(CIFAR10_CLASSES) if c in per_class]
         ax.bar(xs, [per_class[c] for c in CIFAR10_CLASSES if c in per_class], width, label=name)
-    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(CIFAR10_CLASSES))], [SHORT_NAMES.get(c, c) for c in CIFAR10_CLASSES])
+    ax.set_xticks(
+        [k + 0.4 - width / 2 for k in range(len(CIFAR10_CLASSES))], [SHORT_NAMES.get(c, c) for c in CIFAR10_CLASSES]
+    )
     ax.set(ylabel=metric.upper(), ylim=(0, 1), title=f"CIFAR-10 {metric.upper()} per anomaly class")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -351,15 +423,20 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
     runs, failed = collect(roots)
     if not runs and not failed:
-        raise InputError(f"no runs under {', '.join(map(str, roots))}: expected run folders holding .hydra/ and metrics.json "
-                         f"(a train run's or a multirun's folder)")
+        raise InputError(
+            f"no runs under {', '.join(map(str, roots))}: expected run folders holding .hydra/ and metrics.json "
+            f"(a train run's or a multirun's folder)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     sections, figures, tables = [], [], {}
     protocols = sorted({run.get("protocol", "honest") for run in runs})
     finished = evaluations(runs)
-    sections.append(f"Runs: {len(runs)} finished, {len(failed)} failed; protocols: {', '.join(protocols) or '—'}. "
-                    "Rows marked [protocol=paper] choose the epoch on test labels: optimistic by construction; "
-                    "the last column is their gain over the honest row of the same model.")
+    sections.append(
+        f"Runs: {len(runs)} finished, {len(failed)} failed; protocols: {', '.join(protocols) or '—'}. "
+        "Rows marked [protocol=paper] choose the epoch on test labels: optimistic by construction; "
+        "the last column is their gain over the honest row of the same model."
+    )
+
     def add_table(name: str, header: list[str], rows: list[list[str]], title: str, shown_with: list[list[str]] = ()):
         """A table's CSV, its W&B copy and its section (with reference rows shown, not saved)."""
         write_csv(out / f"{name}.csv", header, rows)
@@ -370,39 +447,62 @@ def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
         header, rows, means = cifar_table(finished, failed, metric)
         if rows:
             pretrained = any(row[0].endswith(" †") for row in rows)
-            note = ("\n\n† A reference, not a one-class result: its features come from a network pretrained on "
-                    "ImageNet, which has seen these kinds of objects (airplanes, cars, birds, cats, ...) labelled; "
-                    "only its model of normal features is fitted on the nine normal classes." if pretrained else "")
-            add_table(f"table{number}_{metric}", header, rows,
-                      f"Table {number}: CIFAR-10 {metric.upper()}, anomaly class given{note}", paper_rows(metric))
+            note = (
+                "\n\n† A reference, not a one-class result: its features come from a network pretrained on "
+                "ImageNet, which has seen these kinds of objects (airplanes, cars, birds, cats, ...) labelled; "
+                "only its model of normal features is fitted on the nine normal classes."
+                if pretrained
+                else ""
+            )
+            add_table(
+                f"table{number}_{metric}",
+                header,
+                rows,
+                f"Table {number}: CIFAR-10 {metric.upper()}, anomaly class given{note}",
+                paper_rows(metric),
+            )
             figures.append(bar_chart(means, metric, out / f"{metric}_bars.png"))
     header, rows = folder_table(finished, failed)
     if rows:
-        reference = [["(paper's fasteners)", f"{name} (paper, its protocol)", PAPER_BUDGET, *(f"{v:.3f}" for v in values), ""]
-                     for name, values in PAPER["folder"].items()]
+        reference = [
+            ["(paper's fasteners)", f"{name} (paper, its protocol)", PAPER_BUDGET, *(f"{v:.3f}" for v in values), ""]
+            for name, values in PAPER["folder"].items()
+        ]
         add_table("table3_folder", header, rows, "Table 3: image-folder data sets", reference)
     header, rows = pixel_table(finished)
     if rows:
-        add_table("table3_localisation", header, rows,
-                  "Table 3, localisation: where ground-truth masks exist (the paper reports none)\n\n"
-                  "Image AUROC with the paper's score and with the anomaly map's maximum (both from the same "
-                  "runs), pixel AUROC, AUPRO (per-region overlap up to 30% false-positive rate, normalised), "
-                  "pixel F1 at the pixel threshold fitted on normal validation images, and the residual on defect "
-                  "pixels over that on normal pixels of the same images (near 1: the generator copies its input, "
-                  "defects included).")
+        add_table(
+            "table3_localisation",
+            header,
+            rows,
+            "Table 3, localisation: where ground-truth masks exist (the paper reports none)\n\n"
+            "Image AUROC with the paper's score and with the anomaly map's maximum (both from the same "
+            "runs), pixel AUROC, AUPRO (per-region overlap up to 30% false-positive rate, normalised), "
+            "pixel F1 at the pixel threshold fitted on normal validation images, and the residual on defect "
+            "pixels over that on normal pixels of the same images (near 1: the generator copies its input, "
+            "defects included).",
+        )
     header, rows = painted_defects_table(finished)
     if rows:
-        add_table("painted_validation_defects", header, rows,
-                  "Defects painted on normal validation images (data.synthetic_val_defects), last epoch\n\n"
-                  "No test label is involved: these are what settings may be chosen on. The residual ratio is "
-                  "the mean raw residual on defect pixels over that on the other pixels of the same images: "
-                  "near 1, the generator copies its input, defects included.")
+        add_table(
+            "painted_validation_defects",
+            header,
+            rows,
+            "Defects painted on normal validation images (data.synthetic_val_defects), last epoch\n\n"
+            "No test label is involved: these are what settings may be chosen on. The residual ratio is "
+            "the mean raw residual on defect pixels over that on the other pixels of the same images: "
+            "near 1, the generator copies its input, defects included.",
+        )
     header, rows = real_defects_table(finished)
     if rows:
-        add_table("real_validation_defects", header, rows,
-                  "Real defects moved from the test set into validation (data.val_defects), last epoch\n\n"
-                  "What settings are chosen on when a few known bad parts exist; the test AUROC is on the test "
-                  "images left (the test set shrank by twice data.val_defects).")
+        add_table(
+            "real_validation_defects",
+            header,
+            rows,
+            "Real defects moved from the test set into validation (data.val_defects), last epoch\n\n"
+            "What settings are chosen on when a few known bad parts exist; the test AUROC is on the test "
+            "images left (the test set shrank by twice data.val_defects).",
+        )
     if failed:
         sections.append("Failed runs (no metrics.json):\n\n" + "\n".join(f"- {run['run']}" for run in failed))
     text = "\n\n".join(sections) + "\n"
@@ -426,10 +526,14 @@ def log_to_wandb(tables: dict, figures: list[Path], out: Path, mode: str) -> Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", type=Path, help="multirun or run folders to collect metrics.json from")
     parser.add_argument("--out", type=Path, help="where to write the tables (default: <first folder>/report)")
-    parser.add_argument("--wandb", choices=("offline", "online", "off"), default="offline", help="log the tables to W&B")
+    parser.add_argument(
+        "--wandb", choices=("offline", "online", "off"), default="offline", help="log the tables to W&B"
+    )
     args = parser.parse_args(argv)
     for root in args.runs:
         if not root.is_dir():

@@ -90,7 +90,9 @@ def evaluate(
     scores, labels = scores.float().cpu(), labels.long().cpu()
     metrics: dict[str, float | None] = {"n_scored": len(scores), "n_scored_abnormal": int(labels.sum())}
     metrics |= ranking_metrics(scores, labels)
-    test_minmax = detection_metrics(min_max_normalise(scores, scores.min().item(), scores.max().item()), labels, threshold)
+    test_minmax = detection_metrics(
+        min_max_normalise(scores, scores.min().item(), scores.max().item()), labels, threshold
+    )
     metrics |= {f"{name}_test_minmax": value for name, value in test_minmax.items()}
     if fitted_range is None:
         metrics |= {f"{name}_val_minmax": None for name in test_minmax}
@@ -105,8 +107,13 @@ def evaluate(
     return metrics
 
 
-def shift_check(normal_scores: torch.Tensor, calibrated_threshold: float, validation_range: tuple[float, float],
-                n_validation: int, false_positive_rate: float) -> dict[str, float | bool]:
+def shift_check(
+    normal_scores: torch.Tensor,
+    calibrated_threshold: float,
+    validation_range: tuple[float, float],
+    n_validation: int,
+    false_positive_rate: float,
+) -> dict[str, float | bool]:
     """Do normal test images score like the normal validation images? About `false_positive_rate` of
     them should exceed the calibrated threshold, and about 2 / (n_validation + 1) fall outside the
     validation images' (min, max). `normal_test_shifted` when either share is well beyond that (over
@@ -120,11 +127,19 @@ def shift_check(normal_scores: torch.Tensor, calibrated_threshold: float, valida
     def share(mask: torch.Tensor) -> float:
         return mask.float().mean().item() if n else math.nan
 
-    over, below, above = (share(normal_scores > calibrated_threshold), share(normal_scores < validation_range[0]),
-                          share(normal_scores > validation_range[1]))
+    over, below, above = (
+        share(normal_scores > calibrated_threshold),
+        share(normal_scores < validation_range[0]),
+        share(normal_scores > validation_range[1]),
+    )
     shifted = bool(n) and (beyond(over, false_positive_rate) or beyond(below + above, min(2 / (n_validation + 1), 0.5)))
-    return {"normal_test_over_threshold": over, "normal_test_over_threshold_expected": false_positive_rate,
-            "normal_test_below_val_min": below, "normal_test_above_val_max": above, "normal_test_shifted": shifted}
+    return {
+        "normal_test_over_threshold": over,
+        "normal_test_over_threshold_expected": false_positive_rate,
+        "normal_test_below_val_min": below,
+        "normal_test_above_val_max": above,
+        "normal_test_shifted": shifted,
+    }
 
 
 def residual_map(x: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
@@ -187,7 +202,11 @@ def connected_regions(masks: torch.Tensor) -> torch.Tensor:
         if torch.equal(spread, ids):
             break
         ids = spread
-    return torch.unique(ids[:, 0].long(), return_inverse=True)[1] if masks.any() else torch.zeros(masks.shape, dtype=torch.long)
+    return (
+        torch.unique(ids[:, 0].long(), return_inverse=True)[1]
+        if masks.any()
+        else torch.zeros(masks.shape, dtype=torch.long)
+    )
 
 
 def aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> float:
@@ -221,10 +240,16 @@ def pixel_metrics(maps: torch.Tensor, masks: torch.Tensor, pixel_threshold: floa
     maps, pixel F1, over the images whose masks are known (`MASK_UNKNOWN` ones are left out)."""
     known = (masks != MASK_UNKNOWN).flatten(1).all(1)
     maps, masks = maps[known].float().cpu(), masks[known].long().cpu()
-    metrics: dict[str, float | None] = {"n_pixel_scored_images": int(known.sum()), "pixel_auroc": math.nan,
-                                        "pixel_aupro": math.nan, "pixel_f1": None}
+    metrics: dict[str, float | None] = {
+        "n_pixel_scored_images": int(known.sum()),
+        "pixel_auroc": math.nan,
+        "pixel_aupro": math.nan,
+        "pixel_f1": None,
+    }
     if masks.numel() == 0 or masks.min() == masks.max():
-        warnings.warn("no image with both defect and normal pixels among the masks: pixel metrics undefined", stacklevel=2)
+        warnings.warn(
+            "no image with both defect and normal pixels among the masks: pixel metrics undefined", stacklevel=2
+        )
         return metrics
     flat_maps, flat_masks = maps.flatten(), masks.flatten()
     ranks = min_max_normalise(flat_maps, flat_maps.min().item(), flat_maps.max().item())  # no sigmoid on raw values

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from fned_lightning.errors import InputError
 
 SOURCES = ("colour", "image", "noise")
-ANOMALY_SHARE = 0.5   # DRAEM's: half the images stay clean, so the head also learns that most parts are fine
+ANOMALY_SHARE = 0.5  # DRAEM's: half the images stay clean, so the head also learns that most parts are fine
 MASK_THRESHOLD = 0.5  # DRAEM's, on Perlin noise scaled to about [-1, 1]
 OPACITY = (0.1, 1.0)  # the anomaly's weight against the image under it
-ROTATION = 90.0       # degrees either way (DRAEM's)
-SMALLEST_CELL = 8     # pixels: the finest Perlin lattice (DRAEM at 256 px: 2**0 to 2**5 cells a side, 8 px the least)
+ROTATION = 90.0  # degrees either way (DRAEM's)
+SMALLEST_CELL = 8  # pixels: the finest Perlin lattice (DRAEM at 256 px: 2**0 to 2**5 cells a side, 8 px the least)
 
 
 def check_sources(sources) -> tuple[str, ...]:
@@ -92,7 +92,9 @@ def fill(x: torch.Tensor, source: str) -> torch.Tensor:
         return uniform((n, channels, 1, 1), -1, 1, x.device).expand_as(x)
     if source == "noise":  # a noise texture: Perlin noise per channel, of random contrast and level
         texture = perlin_noise(n * channels, size, x.device).view_as(x)
-        return (uniform((n, 1, 1, 1), 0.5, 1.5, x.device) * texture + uniform((n, 1, 1, 1), -0.5, 0.5, x.device)).clamp(-1, 1)
+        return (uniform((n, 1, 1, 1), 0.5, 1.5, x.device) * texture + uniform((n, 1, 1, 1), -0.5, 0.5, x.device)).clamp(
+            -1, 1
+        )
     # another image's content: the next image of the batch, each shifted (wrapping round) and turned by a
     # multiple of 90 degrees of its own, recoloured; indexed on the device, so nothing waits for it
     other = x.roll(1, dims=0)

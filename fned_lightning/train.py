@@ -32,8 +32,12 @@ from fned_lightning.scoring import min_max_normalise
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning on newer torch: noise
-warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")  # we log per epoch; short epochs are fine
-warnings.filterwarnings("ignore", message=r".*this fit will run with no optimizer")  # PaDiM, PatchCore: fitted, not trained
+warnings.filterwarnings(
+    "ignore", message=r".*smaller than the logging interval"
+)  # we log per epoch; short epochs are fine
+warnings.filterwarnings(
+    "ignore", message=r".*this fit will run with no optimizer"
+)  # PaDiM, PatchCore: fitted, not trained
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # their frozen backbone, by design
 hide_lightning_tips()
 
@@ -55,7 +59,9 @@ def train(cfg: DictConfig) -> dict:
         log.info("this run has finished already; its results are in %s", output_dir)
         return json.loads((output_dir / "metrics.json").read_text())
     check_number("seed", cfg.seed, 0, 2**32 - 1, integer=True)
-    check_number("trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True)  # Lightning's -1 (no end) has no schedule to follow
+    check_number(
+        "trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True
+    )  # Lightning's -1 (no end) has no schedule to follow
     for group in ("data", "model", "trainer"):
         check_options(cfg[group], group)
     ckpt_path, epochs_done = resume_from(cfg)
@@ -114,7 +120,9 @@ def resume_from(cfg: DictConfig) -> tuple[str | None, int]:
 
 
 def list_or_value(value):
-    return list(value) if isinstance(value, (list, tuple)) else value  # a checkpoint may hold a tuple where the config has a list
+    return (
+        list(value) if isinstance(value, (list, tuple)) else value
+    )  # a checkpoint may hold a tuple where the config has a list
 
 
 def check_resumable(ckpt_path: Path, cfg: DictConfig) -> int:
@@ -127,22 +135,35 @@ def check_resumable(ckpt_path: Path, cfg: DictConfig) -> int:
     saved_target = MOVED.get(info.get("model_target"), info.get("model_target", cfg.model._target_))
     if saved_target != cfg.model._target_:
         saved = {}  # another model: its networks' settings say nothing more
-        differences.append(f"the model ({saved_target.rsplit('.', 1)[-1]} there, {cfg.model._target_.rsplit('.', 1)[-1]} here)")
+        differences.append(
+            f"the model ({saved_target.rsplit('.', 1)[-1]} there, {cfg.model._target_.rsplit('.', 1)[-1]} here)"
+        )
     for key in ("image_size", "channels"):
         if key in info and info[key] != cfg.data[key]:
             differences.append(f"data.{key} ({info[key]} there, {cfg.data[key]} here)")
-    evaluation = set(inspect.signature(AnomalyDetector.__init__).parameters)  # how it is tested may change; what it learnt may not
+    evaluation = set(
+        inspect.signature(AnomalyDetector.__init__).parameters
+    )  # how it is tested may change; what it learnt may not
     for key, config in model.items():
         if isinstance(config, dict) and "_target_" in config and isinstance(saved.get(key), dict):
-            for inner in sorted(set(config) | set(saved[key])):  # each network's settings (widths, latent sizes, levels)
+            for inner in sorted(
+                set(config) | set(saved[key])
+            ):  # each network's settings (widths, latent sizes, levels)
                 if inner not in ("image_size", "channels") and config.get(inner) != saved[key].get(inner):
                     differences.append(f"model.{key}.{inner} ({saved[key].get(inner)} there, {config.get(inner)} here)")
-        elif not key.startswith("_") and key not in evaluation and key in saved and not isinstance(config, dict) \
-                and list_or_value(config) != list_or_value(saved[key]):  # its own settings (backbone, rates, ...)
+        elif (
+            not key.startswith("_")
+            and key not in evaluation
+            and key in saved
+            and not isinstance(config, dict)
+            and list_or_value(config) != list_or_value(saved[key])
+        ):  # its own settings (backbone, rates, ...)
             differences.append(f"model.{key} ({saved[key]} there, {config} here)")
     if differences:
-        raise InputError(f"cannot resume from {ckpt_path}: it was trained with other settings: {'; '.join(differences)}. "
-                         f"Resume with the settings it was trained with, or start a new run folder (hydra.run.dir=...)")
+        raise InputError(
+            f"cannot resume from {ckpt_path}: it was trained with other settings: {'; '.join(differences)}. "
+            f"Resume with the settings it was trained with, or start a new run folder (hydra.run.dir=...)"
+        )
     return checkpoint["epoch"] + 1  # saved at the end of that (0-based) epoch
 
 
@@ -156,11 +177,14 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule) -> dict:
         "anomaly_class": getattr(datamodule, "anomaly_class", None),
         "seed": cfg.seed,
         "epochs": trainer.current_epoch,
-        "train_images_per_epoch": min(int(trainer.num_training_batches) * datamodule.batch_size * trainer.world_size,
-                                      len(datamodule.train_set)),  # a ragged last batch, where kept, is not whole
+        "train_images_per_epoch": min(
+            int(trainer.num_training_batches) * datamodule.batch_size * trainer.world_size, len(datamodule.train_set)
+        ),  # a ragged last batch, where kept, is not whole
         "image_size": datamodule.image_size,
         **datamodule.split_sizes(),
-        **({"val_real_names": datamodule.val_names} if getattr(datamodule, "val_defects", 0) else {}),  # out of the test set
+        **(
+            {"val_real_names": datamodule.val_names} if getattr(datamodule, "val_defects", 0) else {}
+        ),  # out of the test set
         **({"paper_test_batches": datamodule.paper_test_batches} if cfg.protocol != "honest" else {}),
     }
 
@@ -172,9 +196,13 @@ def throughput(trainer: L.Trainer) -> dict[str, float]:
 
 def write_results(output_dir: Path, cfg: DictConfig, metrics: dict, model, datamodule) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    metrics |= {"threshold": model.threshold, "false_positive_rate": model.false_positive_rate,
-                "score_min": model.score_min.item(), "score_max": model.score_max.item(),
-                "score_threshold": model.score_threshold.item()}
+    metrics |= {
+        "threshold": model.threshold,
+        "false_positive_rate": model.false_positive_rate,
+        "score_min": model.score_min.item(),
+        "score_max": model.score_max.item(),
+        "score_threshold": model.score_threshold.item(),
+    }
     undefined = {k: None for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)}  # strict JSON: null
     (output_dir / "metrics.json").write_text(json.dumps(metrics | undefined, indent=2) + "\n")
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -187,15 +215,32 @@ def write_results(output_dir: Path, cfg: DictConfig, metrics: dict, model, datam
     calibrated_decision = scores > model.score_threshold.item() if fitted else None
     with open(output_dir / "scores.csv", "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["name", "label", "score", "score_val_minmax", "score_test_minmax", "abnormal_at_threshold",
-                         "abnormal_calibrated"])
+        writer.writerow(
+            [
+                "name",
+                "label",
+                "score",
+                "score_val_minmax",
+                "score_test_minmax",
+                "abnormal_at_threshold",
+                "abnormal_calibrated",
+            ]
+        )
         for i, index in enumerate(results["index"].tolist()):
-            writer.writerow([
-                datamodule.test_names[index], int(labels[i]), f"{scores[i].item():.6g}",
-                f"{normalised[i].item():.6g}" if fitted else "", f"{test_minmax[i].item():.6g}",
-                int(paper_decision[i]), int(calibrated_decision[i]) if fitted else "",
-            ])
-    shown = {k: metrics[k] for k in ("protocol", "model", "anomaly_class", "auroc", "auprc", "f1", "precision", "recall")}
+            writer.writerow(
+                [
+                    datamodule.test_names[index],
+                    int(labels[i]),
+                    f"{scores[i].item():.6g}",
+                    f"{normalised[i].item():.6g}" if fitted else "",
+                    f"{test_minmax[i].item():.6g}",
+                    int(paper_decision[i]),
+                    int(calibrated_decision[i]) if fitted else "",
+                ]
+            )
+    shown = {
+        k: metrics[k] for k in ("protocol", "model", "anomaly_class", "auroc", "auprc", "f1", "precision", "recall")
+    }
     log.info("results in %s: %s", output_dir, json.dumps(shown))
 
 
@@ -219,13 +264,19 @@ def write_figures(output_dir: Path, metrics: dict, model, datamodule, per_class:
     x, maps = x.cpu(), detection.maps.cpu()
     if detection.x_fake is not None:  # a model that reconstructs
         x_fake = detection.x_fake.cpu()
-        names = [name for name, pick in zip(("normal", "defect"), picks) if len(pick)]
-        groups = {name: (x[i * count : (i + 1) * count], x_fake[i * count : (i + 1) * count]) for i, name in enumerate(names)}
+        names = [name for name, pick in zip(("normal", "defect"), picks, strict=True) if len(pick)]
+        groups = {
+            name: (x[i * count : (i + 1) * count], x_fake[i * count : (i + 1) * count]) for i, name in enumerate(names)
+        }
         paths.append(reconstruction_grid(groups, folder / "reconstructions.png", title))
     masks = test.masks[chosen].cpu() if test.masks is not None else None
-    titles = [column_title(datamodule.test_names[i], int(label)) for i, label in zip(chosen.tolist(), test.labels[chosen].tolist())]
-    paths.append(anomaly_map_grid(x, masks, maps, titles, model.pixel_threshold.item(),
-                                  folder / "anomaly_maps.png", title))
+    titles = [
+        column_title(datamodule.test_names[i], int(label))
+        for i, label in zip(chosen.tolist(), test.labels[chosen].tolist(), strict=True)
+    ]
+    paths.append(
+        anomaly_map_grid(x, masks, maps, titles, model.pixel_threshold.item(), folder / "anomaly_maps.png", title)
+    )
     return [p for p in paths if p is not None]
 
 

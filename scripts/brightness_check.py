@@ -18,7 +18,10 @@ def main(root: str, image_size: int = 64, channels: int = 1) -> None:
     reference_mean, reference_std = data.intensity_reference()
     test, labels = to_model_range(data.test_set.images), data.test_set.labels
     matched = match_intensity(test, reference_mean, reference_std)  # what the model sees
-    print(f"{root} at {image_size}x{image_size}: {int((labels == 0).sum())} normal, {int(labels.sum())} abnormal test images")
+    print(
+        f"{root} at {image_size}x{image_size}: "
+        f"{int((labels == 0).sum())} normal, {int(labels.sum())} abnormal test images"
+    )
     print("| score | intensity=none | intensity=per_image |\n|---|---|---|")
     for name, index in (("mean grey level", 0), ("standard deviation", 1)):
         before, after = (ranking_metrics(image_moments(x)[index].flatten(), labels)["auroc"] for x in (test, matched))

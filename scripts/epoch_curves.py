@@ -20,11 +20,13 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from fned_lightning.report import display_name, model_variant  # noqa: E402
 
-CURVES = {"val/defect_residual_ratio": "painted validation defects: residual defect / normal",
-          "val/auroc_score_paper": "painted validation defects: AUROC (paper's score)",
-          "val/real_auroc": "real validation defects (data.val_defects): AUROC (its image score)",
-          "paper/test_auroc": "test AUROC after each epoch (paper's protocol)",
-          "paper/test_defect_residual_ratio": "test defects, where masks exist: residual defect / normal (paper's protocol)"}
+CURVES = {
+    "val/defect_residual_ratio": "painted validation defects: residual defect / normal",
+    "val/auroc_score_paper": "painted validation defects: AUROC (paper's score)",
+    "val/real_auroc": "real validation defects (data.val_defects): AUROC (its image score)",
+    "paper/test_auroc": "test AUROC after each epoch (paper's protocol)",
+    "paper/test_defect_residual_ratio": "test defects, where masks exist: residual defect / normal (paper's protocol)",
+}
 
 
 def curves(run: Path) -> dict[str, dict[int, float]]:
@@ -45,8 +47,10 @@ def main(folder: str) -> None:
         variant = model_variant(config.model)
         metrics = json.loads((log.parent / "metrics.json").read_text())
         name, anomaly_class = metrics["model"], metrics.get("anomaly_class")
-        label = (f"{display_name(name)}{f' ({variant})' if variant else ''}{f', {anomaly_class}' if anomaly_class else ''}, "
-                 f"{config.data.image_size} px, seed {config.seed}")
+        label = (
+            f"{display_name(name)}{f' ({variant})' if variant else ''}{f', {anomaly_class}' if anomaly_class else ''}, "
+            f"{config.data.image_size} px, seed {config.seed}"
+        )
         runs[label] = curves(log.parent)
     lines = []
     for key, title in CURVES.items():
@@ -55,13 +59,15 @@ def main(folder: str) -> None:
             continue
         epochs = sorted({e for values in shown.values() for e in values})
         lines += [f"### {title}", "", "| run | " + " | ".join(map(str, epochs)) + " |", "|---|" + "---|" * len(epochs)]
-        lines += [f"| {label} | " + " | ".join(f"{values[e]:.3f}" if e in values else "" for e in epochs) + " |"
-                  for label, values in shown.items()]
+        lines += [
+            f"| {label} | " + " | ".join(f"{values[e]:.3f}" if e in values else "" for e in epochs) + " |"
+            for label, values in shown.items()
+        ]
         lines.append("")
     (root / "epoch_curves.md").write_text("\n".join(lines))
     measured = [key for key in CURVES if any(values.get(key) for values in runs.values())]  # e.g. no test masks
     fig, axes = plt.subplots(1, len(measured), figsize=(5 * len(measured), 4), squeeze=False)
-    for ax, key in zip(axes[0], measured):
+    for ax, key in zip(axes[0], measured, strict=True):
         for label, values in runs.items():
             if values.get(key):
                 ax.plot(list(values[key]), list(values[key].values()), marker=".", label=label)

@@ -27,17 +27,19 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
+from merge_epoch_logs import epoch_rows  # beside this script
 from omegaconf import OmegaConf
 
 from fned_lightning.checkpoints import read_checkpoint
-from fned_lightning.data.cifar10 import CIFAR10_CLASSES
 from fned_lightning.data.base import to_model_range
+from fned_lightning.data.cifar10 import CIFAR10_CLASSES
 from fned_lightning.predict import rebuild_detector
 from fned_lightning.report import PAPER, display_name
 from fned_lightning.scoring import ranking_metrics
-from merge_epoch_logs import epoch_rows  # beside this script
 
-MOVED_DATA = {"fned_lightning.data.CIFAR10OneClass": "fned_lightning.data.cifar10.CIFAR10OneClass"}  # before data/ was a package
+MOVED_DATA = {
+    "fned_lightning.data.CIFAR10OneClass": "fned_lightning.data.cifar10.CIFAR10OneClass"
+}  # before data/ was a package
 
 
 def run_config(path: Path, data_root: str | None = None):
@@ -68,10 +70,14 @@ def train_mode_auroc(model, state: dict, loader) -> float:
 
 
 def logged_paper_aurocs(run: Path) -> dict[int, float]:
-    """The run's own per-epoch paper-protocol AUROC, from its log (a log cut by resumes under commit 99bb309: merged)."""
+    """The run's own per-epoch paper-protocol AUROC, from its log (one cut by resumes under 99bb309: merged)."""
     rows_by_epoch, _ = epoch_rows(run)
-    return {int(epoch): float(row["paper/test_auroc"]) for epoch, rows in rows_by_epoch.items()
-            for row in rows if row.get("paper/test_auroc")}
+    return {
+        int(epoch): float(row["paper/test_auroc"])
+        for epoch, rows in rows_by_epoch.items()
+        for row in rows
+        if row.get("paper/test_auroc")
+    }
 
 
 def score_run(run: Path, scored: dict) -> dict:
@@ -86,7 +92,10 @@ def score_run(run: Path, scored: dict) -> dict:
     model, _ = rebuild_detector(checkpoint, run / "checkpoints" / "last.ckpt")
     selection = checkpoint["callbacks"]["PaperProtocol"]
     selected = selection["best_epoch"]
-    states = {checkpoint["epoch"]: {k: v.clone() for k, v in model.state_dict().items()}, selected: selection["best_state"]}
+    states = {
+        checkpoint["epoch"]: {k: v.clone() for k, v in model.state_dict().items()},
+        selected: selection["best_state"],
+    }
     for kept in sorted((run / "epoch_weights").glob("epoch=*.pt")):
         weights = read_checkpoint(kept)
         states[weights["epoch"]] = weights["state_dict"]
@@ -98,21 +107,33 @@ def score_run(run: Path, scored: dict) -> dict:
         expected["the run's paper test gave"] = metrics["paper_auroc"]
     for what, value in expected.items():
         if abs(check - value) > 1e-4:
-            raise SystemExit(f"{run}: {run_batching} batches give {check:.4f} at epoch {selected}, but {what} {value:.4f}")
+            raise SystemExit(
+                f"{run}: {run_batching} batches give {check:.4f} at epoch {selected}, but {what} {value:.4f}"
+            )
 
     logged = logged_paper_aurocs(run)
     logged[selected] = check  # scored just now
     per_epoch = {int(epoch): aurocs for epoch, aurocs in scored.get("per_epoch", {}).items()}
     for epoch in sorted(set(states) - set(per_epoch)):
         start = time.time()
-        per_epoch[epoch] = {batching: logged[epoch] if batching == run_batching and epoch in logged
-                            else train_mode_auroc(model, states[epoch], loader) for batching, loader in loaders.items()}
+        per_epoch[epoch] = {
+            batching: logged[epoch]
+            if batching == run_batching and epoch in logged
+            else train_mode_auroc(model, states[epoch], loader)
+            for batching, loader in loaders.items()
+        }
         print(f"{run.name} epoch {epoch}: {per_epoch[epoch]} ({time.time() - start:.0f} s)", flush=True)
     model_name = OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.runtime.choices.model
-    return {"model": model_name, "anomaly_class": config.anomaly_class, "finished": finished,
-            "honest_auroc": metrics["auroc"] if finished else None, "selected_epoch": selected,
-            "last_epoch": checkpoint["epoch"], "logged_batching": run_batching,
-            "per_epoch": dict(sorted(per_epoch.items()))}
+    return {
+        "model": model_name,
+        "anomaly_class": config.anomaly_class,
+        "finished": finished,
+        "honest_auroc": metrics["auroc"] if finished else None,
+        "selected_epoch": selected,
+        "last_epoch": checkpoint["epoch"],
+        "logged_batching": run_batching,
+        "per_epoch": dict(sorted(per_epoch.items())),
+    }
 
 
 def published(model: str, anomaly_class: str) -> str:
@@ -122,20 +143,27 @@ def published(model: str, anomaly_class: str) -> str:
 
 
 def table(runs: dict[str, dict]) -> str:
-    lines = ["| model | class | honest (last epoch, eval()) | mixed batches, at the epoch the run's paper protocol selected | "
-             "the same weights, the anchors' batches | anchors' batches, best epoch scored | the paper's |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | class | honest (last epoch, eval()) "
+        "| mixed batches, at the epoch the run's paper protocol selected | "
+        "the same weights, the anchors' batches | anchors' batches, best epoch scored | the paper's |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for result in runs.values():
         per_epoch = {int(k): v for k, v in result["per_epoch"].items()}
         selected = result["selected_epoch"]
         best = max(per_epoch, key=lambda e: per_epoch[e]["anchors"])
         scored = f"{len(per_epoch)} of {result['last_epoch'] + 1} epochs scored"
-        honest = f"{result['honest_auroc']:.3f}" if result["finished"] else f"not finished (epochs 0-{result['last_epoch']})"
+        honest = (
+            f"{result['honest_auroc']:.3f}" if result["finished"] else f"not finished (epochs 0-{result['last_epoch']})"
+        )
         run = result["anomaly_class"] + (f" ({result['note']})" if result.get("note") else "")
-        lines.append(f"| {display_name(result['model'])} | {run} | {honest} | "
-                     f"{per_epoch[selected]['mixed']:.3f} (epoch {selected}) | {per_epoch[selected]['anchors']:.3f} | "
-                     f"{per_epoch[best]['anchors']:.3f} (epoch {best}; {scored}) | "
-                     f"{published(result['model'], result['anomaly_class'])} |")
+        lines.append(
+            f"| {display_name(result['model'])} | {run} | {honest} | "
+            f"{per_epoch[selected]['mixed']:.3f} (epoch {selected}) | {per_epoch[selected]['anchors']:.3f} | "
+            f"{per_epoch[best]['anchors']:.3f} (epoch {best}; {scored}) | "
+            f"{published(result['model'], result['anomaly_class'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -144,8 +172,10 @@ def main(sweep: str, out: str) -> None:
     runs = json.loads(out_json.read_text()) if out_json.exists() else {}
     for run in sorted(Path(sweep).glob("*/checkpoints/last.ckpt")):
         run = run.parent.parent
-        state = {"epoch_weights_kept": len(list((run / "epoch_weights").glob("epoch=*.pt"))),
-                 "finished": (run / "metrics.json").exists()}
+        state = {
+            "epoch_weights_kept": len(list((run / "epoch_weights").glob("epoch=*.pt"))),
+            "finished": (run / "metrics.json").exists(),
+        }
         previous = runs.get(run.name, {})
         if previous and all(previous.get(key) == value for key, value in state.items()):
             continue
@@ -169,12 +199,23 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for result in shown.values():
         epochs = sorted(result["per_epoch"], key=int)
-        label = f"{display_name(result['model'])}, {result['anomaly_class']}" + (f" ({result['note']})" if result.get("note") else "")
+        label = f"{display_name(result['model'])}, {result['anomaly_class']}" + (
+            f" ({result['note']})" if result.get("note") else ""
+        )
         for batching, style in (("anchors", "-"), ("mixed", ":")):
-            ax.plot([int(e) for e in epochs], [result["per_epoch"][e][batching] for e in epochs], style, marker=".",
-                    label=f"{label}: {batching} batches")
+            ax.plot(
+                [int(e) for e in epochs],
+                [result["per_epoch"][e][batching] for e in epochs],
+                style,
+                marker=".",
+                label=f"{label}: {batching} batches",
+            )
     ax.axhline(0.5, color="grey", linewidth=0.5)
-    ax.set(xlabel="epoch", ylabel="test AUROC (BatchNorm in training mode)", title="the paper protocol's test, two batchings")
+    ax.set(
+        xlabel="epoch",
+        ylabel="test AUROC (BatchNorm in training mode)",
+        title="the paper protocol's test, two batchings",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -16,7 +16,9 @@ TINY = ["model.generator.width=4", "model.discriminator.width=8", "logger=csv"]
 
 
 def random_image(channels: int, height: int, width: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, 256, (channels, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (channels, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -62,13 +64,20 @@ def compose_config(*overrides: str, return_hydra: bool = False):
         return compose("train", overrides=list(overrides), return_hydra_config=return_hydra)
 
 
-MODELS = sorted(path.stem for path in (REPO / "conf" / "model").glob("*.yaml"))  # a new model config joins every test of them all
+MODELS = sorted(
+    path.stem for path in (REPO / "conf" / "model").glob("*.yaml")
+)  # a new model config joins every test of them all
 TINY_SETTINGS = {  # models whose networks are trained: a few channels wide (any other runs as its config says)
     "fned": ["model.generator.width=4", "model.discriminator.width=8"],
     "ganomaly": ["model.generator.width=4", "model.discriminator.width=8", "model.generator.latent=8"],
     "skip_ganomaly": ["model.generator.width=4", "model.discriminator.width=8"],
-    "fanogan": ["model.generator.width=4", "model.critic.width=4", "model.encoder.width=4", "model.latent=8",
-                "model.critic_steps=2"],
+    "fanogan": [
+        "model.generator.width=4",
+        "model.critic.width=4",
+        "model.encoder.width=4",
+        "model.latent=8",
+        "model.critic_steps=2",
+    ],
 }
 TINY_MODELS = {name: [f"model={name}", *TINY_SETTINGS.get(name, [])] for name in MODELS}
 
@@ -99,6 +108,7 @@ def pytest_collection_modifyitems(items):
     them out (about half the suite's time); `make test`, which CI runs, keeps them."""
     for item in items:
         functions = [getattr(item, "function", None)] + [
-            definition.func for definitions in item._fixtureinfo.name2fixturedefs.values() for definition in definitions]
+            definition.func for definitions in item._fixtureinfo.name2fixturedefs.values() for definition in definitions
+        ]
         if any(f is not None and PROCESS_STARTERS & set(f.__code__.co_names) for f in functions):
             item.add_marker(pytest.mark.cli)

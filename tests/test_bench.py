@@ -17,17 +17,34 @@ def test_make_bench_times_every_model_config_once_in_its_kind():
 def test_bench_writes_the_models_asked_for_and_the_data_path(tmp_path, capsys):
     out = tmp_path / "results.json"
     # one model of each family: a trained GAN and a fitted feature model
-    bench.main(["--out", str(out), "--models", "fned", "padim", "--batch-size", "4", "--image-size", "32", "--repeats", "1",
-                "--warmup", "1"])
+    bench.main(
+        [
+            "--out",
+            str(out),
+            "--models",
+            "fned",
+            "padim",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "32",
+            "--repeats",
+            "1",
+            "--warmup",
+            "1",
+        ]
+    )
     results = json.loads(out.read_text())
     assert set(results["models"]) == {"fned", "padim"}
     assert results["channels_last"] is True  # what training uses by default
-    for name, r in results["models"].items():
+    for r in results["models"].values():
         assert r["fit_images_per_s"] > 0 and r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0
         assert r["yardstick_gflop_per_s"] > 0 and 0 < r["train_fraction_of_yardstick"] < 10
     fned, padim = results["models"]["fned"], results["models"]["padim"]
     assert fned["train_gflop_per_image"] > fned["infer_gflop_per_image"] > 0  # a step is forwards and backwards
-    assert padim["train_gflop_per_image"] == pytest.approx(padim["infer_gflop_per_image"], rel=0.5)  # features, no backward
+    assert padim["train_gflop_per_image"] == pytest.approx(
+        padim["infer_gflop_per_image"], rel=0.5
+    )  # features, no backward
     assert results["data_path"]["images_per_s"] > 0
     assert "| fned |" in capsys.readouterr().out
 

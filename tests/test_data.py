@@ -8,8 +8,8 @@ from fned_lightning.data.base import DeviceShuffledBatches, InMemoryImages
 from fned_lightning.data.cifar10 import CIFAR10OneClass, resolve_cifar10_class
 from fned_lightning.data.folder import ImageFolderAnomaly
 from fned_lightning.data.synthetic import SyntheticParts, draw_parts
-from fned_lightning.scoring import MASK_UNKNOWN
 from fned_lightning.errors import InputError
+from fned_lightning.scoring import MASK_UNKNOWN
 
 
 def cifar(root, anomaly_class="horse", **kwargs):
@@ -22,7 +22,7 @@ def test_cifar10_one_class_split_counts_and_labels(cifar_folder):
     module = cifar(cifar_folder, val_fraction=0.0)
     # 9 normal classes x 3 training images; test: 9 x 2 normal + the anomaly's 3 train + 2 test images.
     assert module.split_sizes() == {"n_train": 27, "n_val": 0, "n_test": 23, "n_test_normal": 18, "n_test_abnormal": 5}
-    for name, label in zip(module.test_names, module.test_set.labels.tolist()):
+    for name, label in zip(module.test_names, module.test_set.labels.tolist(), strict=True):
         assert ("/horse/" in f"/{name}") == (label == 1), name
     assert module.train_set.images.dtype == torch.uint8
     assert module.train_set.images.shape[1:] == (3, 32, 32)
@@ -72,7 +72,7 @@ def test_folder_datamodule_reads_mvtec_layout(parts_folder):
     module.setup("fit")
     assert module.split_sizes() == {"n_train": 9, "n_val": 3, "n_test": 9, "n_test_normal": 4, "n_test_abnormal": 5}
     assert module.train_set.images.shape[1:] == (1, 32, 32)  # 40x48 grey resized, notes.txt skipped
-    for name, label in zip(module.test_names, module.test_set.labels.tolist()):
+    for name, label in zip(module.test_names, module.test_set.labels.tolist(), strict=True):
         assert name.startswith("test/good/") == (label == 0)
 
 
@@ -131,7 +131,9 @@ def test_device_batches_shuffle_each_epoch_and_split_ranks_evenly():
     epoch = [0]
 
     def batches(rank: int, seed: int = 7) -> list[torch.Tensor]:
-        loader = DeviceShuffledBatches(dataset, batch_size=8, seed=seed, epoch=lambda: epoch[0], rank=rank, world_size=2)
+        loader = DeviceShuffledBatches(
+            dataset, batch_size=8, seed=seed, epoch=lambda: epoch[0], rank=rank, world_size=2
+        )
         assert len(loader) == 3  # 25 images a rank: 3 whole batches, the ragged one dropped
         return [index for _, _, index in loader]
 
@@ -144,7 +146,9 @@ def test_device_batches_shuffle_each_epoch_and_split_ranks_evenly():
     epoch[0] = 1
     assert not torch.equal(torch.cat(batches(0)), first[0])  # a new order every epoch
     kept = DeviceShuffledBatches(dataset, batch_size=8, seed=7, epoch=lambda: 0, rank=1, world_size=2, drop_last=False)
-    assert len(kept) == 4 and sum(len(index) for _, _, index in kept) == 25  # a model fitted in one pass reads every image
+    assert (
+        len(kept) == 4 and sum(len(index) for _, _, index in kept) == 25
+    )  # a model fitted in one pass reads every image
 
 
 def test_synthetic_masks_cover_the_painted_defects_exactly():
@@ -179,7 +183,7 @@ def test_mvtec_ground_truth_masks_are_read_resized_and_a_missing_one_is_named(tm
     root = mvtec_with_masks(tmp_path / "parts")
     module = ImageFolderAnomaly(root=str(root), image_size=16, channels=1)
     module.setup("fit")
-    masks = {name: mask for name, mask in zip(module.test_names, module.test_set.masks)}
+    masks = {name: mask for name, mask in zip(module.test_names, module.test_set.masks, strict=True)}
     assert masks["test/good/000.png"].shape == (16, 16) and not masks["test/good/000.png"].any()
     expected = torch.zeros(16, 16, dtype=torch.int8)
     expected[:8, :4] = 1  # nearest-neighbour from 60x80: the same top-left block, scaled
@@ -224,8 +228,16 @@ def test_on_device_moves_every_tensor_of_every_split_together():
     device stands in for a GPU); masks left on the host crashed GPU runs on data with masks."""
     from types import SimpleNamespace
 
-    module = SyntheticParts(n_train=40, n_test_normal=4, n_test_abnormal=4, image_size=16, channels=1, val_fraction=0.2,
-                            on_device=True, synthetic_val_defects=True)
+    module = SyntheticParts(
+        n_train=40,
+        n_test_normal=4,
+        n_test_abnormal=4,
+        image_size=16,
+        channels=1,
+        val_fraction=0.2,
+        on_device=True,
+        synthetic_val_defects=True,
+    )
     module.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
     module.setup("fit")
     for split in (module.train_set, module.val_set, module.test_set):
@@ -277,7 +289,7 @@ def test_the_paper_test_on_cifar10_is_batched_as_the_anchors_batched_it(cifar_fo
     assert paper_labels == sorted(honest_labels)  # normal first, then the anomalies
     paper_index = [i for _, index in paper for i in index]
     assert sorted(paper_index) == list(range(23))  # every test image once
-    normal_index = [i for i, label in zip(paper_index, paper_labels) if label == 0]
+    normal_index = [i for i, label in zip(paper_index, paper_labels, strict=True) if label == 0]
     assert normal_index == sorted(normal_index)  # the normal images keep the seeded (class-mixed) order
     mixed = cifar(cifar_folder, batch_size=4, eval_batch_size=8, paper_test_batches="mixed")
     assert batches_of(mixed.paper_test_dataloader()) == honest  # the paper protocol of earlier commits

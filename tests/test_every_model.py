@@ -22,10 +22,23 @@ def fitted(tmp_path_factory):
             folder = tmp_path_factory.mktemp(name)
             L.seed_everything(0)
             model = instantiate(compose_config("data=synthetic", "data.image_size=32", *TINY_MODELS[name]).model)
-            data = SyntheticParts(n_train=32, n_test_normal=6, n_test_abnormal=6, image_size=32, channels=1, batch_size=8,
-                                  val_fraction=0.25)
-            trainer = L.Trainer(max_epochs=model.fit_epochs, logger=False, enable_progress_bar=False,
-                                enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=folder)
+            data = SyntheticParts(
+                n_train=32,
+                n_test_normal=6,
+                n_test_abnormal=6,
+                image_size=32,
+                channels=1,
+                batch_size=8,
+                val_fraction=0.25,
+            )
+            trainer = L.Trainer(
+                max_epochs=model.fit_epochs,
+                logger=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                default_root_dir=folder,
+            )
             trainer.fit(model, datamodule=data)
             trainer.test(model, datamodule=data, verbose=False)
             trainer.save_checkpoint(folder / "last.ckpt")
@@ -70,5 +83,5 @@ def test_every_model_exports_to_onnx_equal_to_itself(name, fitted, tmp_path):
         expected = wrapper(images)
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     actual = [torch.from_numpy(a) for a in session.run(None, {"images": images.numpy()})]
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)

@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 
 from fned_lightning.data.synthetic import SyntheticParts
 from fned_lightning.errors import InputError, input_error_in
-from fned_lightning.models.padim import PaDiM
 from fned_lightning.models import patchcore
+from fned_lightning.models.padim import PaDiM
 from fned_lightning.models.patchcore import PatchCore, greedy_coreset
 from fned_lightning.networks.backbones import PretrainedFeatures, lite0_keys, lite0_weights
 from tests.conftest import compose_config, models_of, run_cli
@@ -45,9 +45,15 @@ def test_the_wheels_weights_load_into_timms_lite0_under_its_names():
     assert set(mapped) == set(timm_model.state_dict())  # every key, none left over
     assert all(mapped[k].shape == v.shape for k, v in timm_model.state_dict().items())
     features = PretrainedFeatures("efficientnet_lite0", (8, 16))
-    torch.testing.assert_close(features.network.state_dict()["conv_stem.weight"], weights["_conv_stem.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(features.network.state_dict()["blocks.3.1.conv_pwl.weight"],
-                               weights["_blocks.6._project_conv.weight"], rtol=0, atol=0)  # after stages of 1, 2, 2 blocks: the 7th
+    torch.testing.assert_close(
+        features.network.state_dict()["conv_stem.weight"], weights["_conv_stem.weight"], rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        features.network.state_dict()["blocks.3.1.conv_pwl.weight"],
+        weights["_blocks.6._project_conv.weight"],
+        rtol=0,
+        atol=0,
+    )  # after stages of 1, 2, 2 blocks: the 7th
     assert features.channels == [40, 112]
 
 
@@ -69,7 +75,7 @@ def test_grey_images_are_read_as_three_equal_channels_normalised_as_lite0_was_tr
     grey = torch.rand(2, 1, 32, 32) * 2 - 1
     with torch.no_grad():
         from_grey, from_colour = features(grey), features(grey.expand(-1, 3, -1, -1))
-    assert all(torch.equal(a, b) for a, b in zip(from_grey, from_colour))
+    assert all(torch.equal(a, b) for a, b in zip(from_grey, from_colour, strict=True))
     pixels = (grey + 1) / 2 * 255  # what the image's pixels were, 0-255
     torch.testing.assert_close(seen[0], ((pixels - 127) / 128).expand(-1, 3, -1, -1))
 
@@ -95,7 +101,9 @@ def test_a_fitted_model_is_rebuilt_from_its_checkpoint_offline_with_no_weights_t
         model.accumulate(model.features(flat_images(4, 32, seed=0)))
     model.finish_fit()
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache, and no network
-    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr(
+        torch.hub, "download_url_to_file", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("offline"))
+    )
     assert "backbone_weights" not in model.hparams  # how it was built is not part of what it is
     rebuilt = PaDiM.rebuilt(dict(model.hparams), model.state_dict())
     images = flat_images(2, 32, seed=1)
@@ -135,7 +143,9 @@ def test_padim_refuses_in_one_line_a_fit_whose_covariances_would_not_fit_in_memo
     monkeypatch.setattr("os.sysconf", lambda name: {"SC_AVPHYS_PAGES": 2500, "SC_PAGE_SIZE": 4096}[name])  # 10 MB free
     with pytest.raises(InputError) as error:
         model.accumulate(features)
-    assert "model.n_features=89 or fewer" in str(error.value) and "\n" not in str(error.value)  # sqrt(10.24e6 / 20 / 64) = 89.4
+    assert "model.n_features=89 or fewer" in str(error.value) and "\n" not in str(
+        error.value
+    )  # sqrt(10.24e6 / 20 / 64) = 89.4
     monkeypatch.undo()
     model.accumulate(features)  # with the machine's memory, it fits
 
@@ -230,23 +240,42 @@ def test_what_does_not_apply_to_a_model_fitted_in_one_pass_is_refused(name, bad)
 def test_a_trainer_built_by_hand_is_refused_epochs_that_do_not_apply(name):
     model = instantiate(compose_config("data=synthetic", f"model={name}").model)
     data = SyntheticParts(n_train=8, n_test_normal=2, n_test_abnormal=2, image_size=32, channels=1, batch_size=8)
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False
+    )
     with pytest.raises(InputError, match="trainer.max_epochs=2 does not apply"):
         trainer.fit(model, datamodule=data)
 
 
 def test_padim_runs_from_the_command_line_like_every_model(tmp_path):
-    done = run_cli("model=padim", "data=synthetic", "data.n_train=32", "data.n_test_normal=8", "data.n_test_abnormal=8",
-                   "data.batch_size=16", "data.synthetic_val_defects=true", "logger=csv", tmp_path=tmp_path)
+    done = run_cli(
+        "model=padim",
+        "data=synthetic",
+        "data.n_train=32",
+        "data.n_test_normal=8",
+        "data.n_test_abnormal=8",
+        "data.batch_size=16",
+        "data.synthetic_val_defects=true",
+        "logger=csv",
+        tmp_path=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["model"] == "padim" and metrics["epochs"] == 1 and 0 <= metrics["auroc"] <= 1
-    assert metrics["n_train"] % 16 and metrics["train_images_per_epoch"] == metrics["n_train"]  # the ragged batch is read too
-    assert metrics["pixel_auroc"] is not None and metrics["defect_residual_ratio"] is None  # masks, and no reconstruction
+    assert (
+        metrics["n_train"] % 16 and metrics["train_images_per_epoch"] == metrics["n_train"]
+    )  # the ragged batch is read too
+    assert (
+        metrics["pixel_auroc"] is not None and metrics["defect_residual_ratio"] is None
+    )  # masks, and no reconstruction
     assert metrics["val_auroc"] is not None  # the painted validation defects
     assert {p.name for p in (run / "figures").iterdir()} == {"score_histogram.png", "roc_pr.png", "anomaly_maps.png"}
-    done = run_cli(f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"input={tmp_path}", f"output={tmp_path / 'out'}",
-                   tmp_path=tmp_path, module="fned_lightning.predict")
+    done = run_cli(
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"input={tmp_path}",
+        f"output={tmp_path / 'out'}",
+        tmp_path=tmp_path,
+        module="fned_lightning.predict",
+    )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -37,5 +37,7 @@ def test_the_table_covers_the_papers_models_and_names_config_keys():
 @pytest.mark.parametrize("model,setting,key,stated", ROWS, ids=[f"{m}:{s}" for m, s, *_ in ROWS])
 def test_the_stated_value_is_the_configs(model, setting, key, stated):
     cfg = compose_config(f"model={model}", "anomaly_class=horse")
-    actual = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key, throw_on_missing=True)}), resolve=True)["v"]
+    actual = OmegaConf.to_container(
+        OmegaConf.create({"v": OmegaConf.select(cfg, key, throw_on_missing=True)}), resolve=True
+    )["v"]
     assert actual == yaml.safe_load(stated), f"docs/fidelity.md says {key}={stated} for {model}, conf/ gives {actual}"

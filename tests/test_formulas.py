@@ -14,9 +14,9 @@ from tests.conftest import TINY_MODELS, compose_config
 # quadratic zone, so smooth-L1, L1 and L2 all differ).
 X = torch.zeros(1, 1, 2, 2)
 X_FAKE = torch.tensor([0.5, -2.0, 0.25, 1.5]).view(1, 1, 2, 2)
-L1 = (0.5 + 2.0 + 0.25 + 1.5) / 4                   # 1.0625
-L2 = (0.25 + 4.0 + 0.0625 + 2.25) / 4               # 1.640625
-SMOOTH_L1 = (0.125 + 1.5 + 0.03125 + 1.0) / 4       # 0.5 r^2 below 1, |r| - 0.5 above
+L1 = (0.5 + 2.0 + 0.25 + 1.5) / 4  # 1.0625
+L2 = (0.25 + 4.0 + 0.0625 + 2.25) / 4  # 1.640625
+SMOOTH_L1 = (0.125 + 1.5 + 0.03125 + 1.0) / 4  # 0.5 r^2 below 1, |r| - 0.5 above
 L1_SUM = 4.25
 # D's features of x and x_fake: gaps -1, 3, 0
 F_REAL = torch.tensor([[1.0, 0.0, -1.0]])
@@ -27,8 +27,8 @@ F_NORM = math.sqrt(10.0)
 # D's logits: BCE(l, 1) = log(1 + e^-l), BCE(l, 0) = log(1 + e^l)
 REAL_LOGITS, FAKE_LOGITS = torch.tensor([2.0]), torch.tensor([0.0])
 BCE_REAL = math.log(1 + math.exp(-2.0))  # 0.126928
-BCE_FAKE = math.log(2.0)                 # the fake judged at logit 0
-BCE_FAKE_AS_REAL = math.log(2.0)         # G's non-saturating adversarial term
+BCE_FAKE = math.log(2.0)  # the fake judged at logit 0
+BCE_FAKE_AS_REAL = math.log(2.0)  # G's non-saturating adversarial term
 Z, Z_HAT = torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 0.0]])
 ENC_L2 = (0.0 + 4.0) / 2
 
@@ -82,10 +82,10 @@ def stub_networks(module, critic: bool = False) -> None:
 
 
 EXPECTED_SCORES = {
-    "fned": 0.9 * L1_SUM + 0.1 * F_NORM,           # lambda * ||x - x_fake||_1 + (1 - lambda) * ||f - f_fake||_2
-    "skip_ganomaly": 0.9 * L2 + 0.1 * F_L2,        # means of squares, the reference's
-    "ganomaly": ENC_L2,                            # mean (z - z_hat)^2
-    "fanogan": L2 + 1.0 * F_L2,                    # image MSE + kappa * feature MSE
+    "fned": 0.9 * L1_SUM + 0.1 * F_NORM,  # lambda * ||x - x_fake||_1 + (1 - lambda) * ||f - f_fake||_2
+    "skip_ganomaly": 0.9 * L2 + 0.1 * F_L2,  # means of squares, the reference's
+    "ganomaly": ENC_L2,  # mean (z - z_hat)^2
+    "fanogan": L2 + 1.0 * F_L2,  # image MSE + kappa * feature MSE
 }
 
 
@@ -107,20 +107,30 @@ def test_fned_score_with_means_rescales_both_terms():
 
 # Which features each latent term reads, at the paper widths and 32x32 colour, and their size.
 def test_skip_ganomaly_features_are_the_100_d_vector_and_the_classifier_reads_them():
-    d = instantiate(compose_config("data=synthetic", "data.image_size=32", "data.channels=3", "model=skip_ganomaly").model.discriminator)
+    d = instantiate(
+        compose_config(
+            "data=synthetic", "data.image_size=32", "data.channels=3", "model=skip_ganomaly"
+        ).model.discriminator
+    )
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     logits, features = d.eval()(x)
     assert features.shape == (2, 100)
     pyramid = d.features(x)  # the DCGAN pyramid ends at 4x4 with width * 4 channels...
     assert pyramid.shape == (2, 256, 4, 4)
-    torch.testing.assert_close(features, torch.nn.functional.conv2d(pyramid, d.head.weight).flatten(1))  # ...then a 4x4 conv, no activation
+    torch.testing.assert_close(
+        features, torch.nn.functional.conv2d(pyramid, d.head.weight).flatten(1)
+    )  # ...then a 4x4 conv, no activation
     centre = d.classifier.weight[0, :, 1, 1]  # a 3x3 conv, padding 1, on a 1x1 map: only its centre tap
     torch.testing.assert_close(logits, features @ centre)
 
 
 @pytest.mark.parametrize("name,size", [("fned", 32), ("ganomaly", 32), ("fned", 64)])
 def test_dcgan_discriminator_features_are_its_4x4_pyramid(name, size):
-    d = instantiate(compose_config("data=synthetic", f"data.image_size={size}", "data.channels=3", f"model={name}").model.discriminator)
+    d = instantiate(
+        compose_config(
+            "data=synthetic", f"data.image_size={size}", "data.channels=3", f"model={name}"
+        ).model.discriminator
+    )
     x = torch.rand(2, 3, size, size)
     logits, features = d.eval()(x)
     channels = 64 * size // 8  # width doubling from size/2 down to 4x4
@@ -130,7 +140,7 @@ def test_dcgan_discriminator_features_are_its_4x4_pyramid(name, size):
     convs = [m for m in d.features if isinstance(m, torch.nn.Conv2d)]
     norms = [None] + [m for m in d.features if isinstance(m, torch.nn.BatchNorm2d)]
     h = x
-    for conv, norm in zip(convs, norms):
+    for conv, norm in zip(convs, norms, strict=True):
         h = F.conv2d(h, conv.weight, stride=2, padding=1)
         if norm is not None:
             h = (h - norm.running_mean[:, None, None]) / torch.sqrt(norm.running_var[:, None, None] + norm.eps)
@@ -151,7 +161,10 @@ def test_fanogan_critic_features_are_the_last_residual_block(size, blocks):
     values, features = critic(x)
     torch.testing.assert_close(features, critic.blocks(critic.input(x)).flatten(1))
     assert features.shape == (2, 512 * 16) and values.shape == (2,)
-    assert all(isinstance(m, torch.nn.GroupNorm) and m.num_groups == 1 for m in (critic.blocks[0].norm1, critic.blocks[-1].norm2))
+    assert all(
+        isinstance(m, torch.nn.GroupNorm) and m.num_groups == 1
+        for m in (critic.blocks[0].norm1, critic.blocks[-1].norm2)
+    )
     assert isinstance(encoder.blocks[0].norm1, torch.nn.BatchNorm2d)
     z = encoder(x)
     assert z.shape == (2, 128) and generator(z).shape == x.shape

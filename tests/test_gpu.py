@@ -15,8 +15,15 @@ PARTS = ["data=synthetic", "data.n_train=256", "data.n_test_normal=32", "data.n_
 
 
 def gpu_run(tmp_path, *overrides, model="fned"):
-    done = run_cli(*TINY_MODELS[model], "logger=csv", *PARTS, "experiment=gpu", "data.eval_batch_size=64", *overrides,
-                   tmp_path=tmp_path)
+    done = run_cli(
+        *TINY_MODELS[model],
+        "logger=csv",
+        *PARTS,
+        "experiment=gpu",
+        "data.eval_batch_size=64",
+        *overrides,
+        tmp_path=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
     return run, json.loads((run / "metrics.json").read_text())
@@ -33,7 +40,9 @@ def test_masks_on_the_device_bf16_and_both_protocols(tmp_path):
 
 @pytest.mark.parametrize("name", ["fned", "fanogan"])  # f-AnoGAN: its critic's double backward stays uncompiled
 def test_compiled_training_runs_and_compiles_once(tmp_path, name):
-    _, metrics = gpu_run(tmp_path, "callbacks.speedups.compile=true", "trainer.max_epochs=2", "protocol=both", model=name)
+    _, metrics = gpu_run(
+        tmp_path, "callbacks.speedups.compile=true", "trainer.max_epochs=2", "protocol=both", model=name
+    )
     assert metrics["epochs"] == 2 and metrics["train_images_per_s"] > 0
 
 
@@ -50,11 +59,22 @@ def test_predict_and_export_from_a_gpu_trained_checkpoint(tmp_path):
     for i, image in enumerate(drawn):
         write_png(image, str(images / f"{i}.png"))
     for device in ("cuda", "cpu"):
-        done = run_cli(f"ckpt_path={checkpoint}", f"input={images}", f"output={tmp_path / device}", f"device={device}",
-                       tmp_path=tmp_path, module="fned_lightning.predict")
+        done = run_cli(
+            f"ckpt_path={checkpoint}",
+            f"input={images}",
+            f"output={tmp_path / device}",
+            f"device={device}",
+            tmp_path=tmp_path,
+            module="fned_lightning.predict",
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     cuda, cpu = ((tmp_path / d / "predictions.csv").read_text().splitlines() for d in ("cuda", "cpu"))
     assert len(cuda) == len(cpu) == 5
-    done = run_cli(f"ckpt_path={checkpoint}", "format=onnx", f"output={tmp_path / 'model.onnx'}", tmp_path=tmp_path,
-                   module="fned_lightning.export")
+    done = run_cli(
+        f"ckpt_path={checkpoint}",
+        "format=onnx",
+        f"output={tmp_path / 'model.onnx'}",
+        tmp_path=tmp_path,
+        module="fned_lightning.export",
+    )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -14,7 +14,14 @@ from fned_lightning.simulated_anomalies import simulate_anomalies
 from tests.conftest import TINY_MODELS, compose_config
 from tests.test_learning import SameBatch  # one batch, over and over
 
-HEAD = ["experiment=parts_head", "data=synthetic", "data.image_size=16", "data.intensity=none", "model.head.width=4", "model.head.depth=2"]
+HEAD = [
+    "experiment=parts_head",
+    "data=synthetic",
+    "data.image_size=16",
+    "data.intensity=none",
+    "model.head.width=4",
+    "model.head.depth=2",
+]
 
 
 def head_model(*overrides: str, name: str = "fned"):
@@ -22,19 +29,33 @@ def head_model(*overrides: str, name: str = "fned"):
 
 
 def tiny_parts(**kwargs) -> SyntheticParts:
-    return SyntheticParts(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8,
-                          val_fraction=0.2, **kwargs)
+    return SyntheticParts(
+        n_train=40,
+        n_test_normal=8,
+        n_test_abnormal=8,
+        image_size=16,
+        channels=1,
+        batch_size=8,
+        val_fraction=0.2,
+        **kwargs,
+    )
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, **kwargs)
+    return L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
 
 
 def test_the_filtered_maximum_reads_a_patch_of_hot_pixels_above_one_hot_pixel():
     maps = torch.zeros(2, 64, 64)
-    maps[0, 30, 30] = 1.0         # one pixel
-    maps[1, 20:26, 20:26] = 0.5   # a patch, at half the value
+    maps[0, 30, 30] = 1.0  # one pixel
+    maps[1, 20:26, 20:26] = 0.5  # a patch, at half the value
     scores = filtered_max(maps)
     assert scores[1] > scores[0]
     torch.testing.assert_close(scores[0], torch.tensor(1 / 25))  # 21/256 of 64 px: a 5 px filter
@@ -61,7 +82,9 @@ def test_a_training_step_feeds_g_simulated_anomalies_and_trains_the_head_with_it
     model = head_model()
     drawn, seen = [], []
     simulate = gan_module.simulate_anomalies
-    monkeypatch.setattr(gan_module, "simulate_anomalies", lambda x, sources: drawn.append((x, *simulate(x, sources))) or drawn[-1][1:])
+    monkeypatch.setattr(
+        gan_module, "simulate_anomalies", lambda x, sources: drawn.append((x, *simulate(x, sources))) or drawn[-1][1:]
+    )
     reconstruct = model.reconstruct
     model.reconstruct = lambda x: seen.append(x) or reconstruct(x)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -74,7 +97,7 @@ def test_a_training_step_feeds_g_simulated_anomalies_and_trains_the_head_with_it
     assert weights["ssim"] == weights["seg"] == 1.0  # DRAEM's, beside FNED's own
     expected = sum(weights[k] * m[f"train/loss_{k}"] for k in ("adv", "con", "lat", "ssim", "seg"))
     torch.testing.assert_close(m["train/loss_g"], expected)
-    (clean, damaged, anomaly), = drawn
+    ((clean, damaged, anomaly),) = drawn
     assert len(seen) == 1 and seen[0] is damaged  # G saw the damaged images (the losses compare with the clean ones)
     assert anomaly.any() and not torch.equal(damaged, clean)
 
@@ -100,7 +123,9 @@ def test_the_head_learns_to_find_simulated_anomalies():
 
     loss_before, auroc_before = focal_loss_and_pixel_auroc()
     model.train()
-    quiet_trainer(max_epochs=2, limit_val_batches=0).fit(model, train_dataloaders=SameBatch((x, data.train_set.labels[:16], None)))
+    quiet_trainer(max_epochs=2, limit_val_batches=0).fit(
+        model, train_dataloaders=SameBatch((x, data.train_set.labels[:16], None))
+    )
     loss_after, auroc_after = focal_loss_and_pixel_auroc()
     assert auroc_before < 0.6 and auroc_after > 0.75
     assert loss_after < 0.85 * loss_before
@@ -115,17 +140,28 @@ def test_val_defects_moves_k_normal_and_k_abnormal_test_images_into_validation()
     plain, moved = tiny_parts(), tiny_parts(val_defects=3)
     plain.setup("fit"), moved.setup("fit")
     sizes = moved.split_sizes()
-    assert sizes["n_val_real_normal"] == sizes["n_val_real_abnormal"] == 3 and "n_val_real_normal" not in plain.split_sizes()
+    assert (
+        sizes["n_val_real_normal"] == sizes["n_val_real_abnormal"] == 3
+        and "n_val_real_normal" not in plain.split_sizes()
+    )
     assert (sizes["n_test"], sizes["n_test_normal"], sizes["n_test_abnormal"]) == (10, 5, 5)
-    assert sizes["n_val"] == plain.split_sizes()["n_val"] and torch.equal(moved.train_set.images, plain.train_set.images)
-    assert set(moved.val_names).isdisjoint(moved.test_names) and set(moved.val_names) | set(moved.test_names) == set(plain.test_names)
+    assert sizes["n_val"] == plain.split_sizes()["n_val"] and torch.equal(
+        moved.train_set.images, plain.train_set.images
+    )
+    assert set(moved.val_names).isdisjoint(moved.test_names) and set(moved.val_names) | set(moved.test_names) == set(
+        plain.test_names
+    )
     val = moved.val_set
     real = val.from_test
     assert real.sum() == 6 and val.labels[real].sum() == 3 and val.labels[~real].eq(0).all()
-    images_by_name = dict(zip(plain.test_names, plain.test_set.images))
-    assert torch.equal(val.images[real].sort(0).values, torch.stack([images_by_name[n] for n in moved.val_names]).sort(0).values)
+    images_by_name = dict(zip(plain.test_names, plain.test_set.images, strict=True))
+    assert torch.equal(
+        val.images[real].sort(0).values, torch.stack([images_by_name[n] for n in moved.val_names]).sort(0).values
+    )
     # the masks came along: 0 on the normal images, the test set's own on the defects
-    assert val.masks[real & (val.labels == 0)].eq(0).all() and val.masks[real & (val.labels == 1)].flatten(1).any(1).all()
+    assert (
+        val.masks[real & (val.labels == 0)].eq(0).all() and val.masks[real & (val.labels == 1)].flatten(1).any(1).all()
+    )
     again, other = tiny_parts(val_defects=3), tiny_parts(val_defects=3, split_seed=1)
     again.setup("fit"), other.setup("fit")
     assert again.val_names == moved.val_names and other.val_names != moved.val_names
@@ -133,7 +169,9 @@ def test_val_defects_moves_k_normal_and_k_abnormal_test_images_into_validation()
 
 def test_real_validation_defects_are_measured_every_epoch_apart_from_the_painted_ones():
     L.seed_everything(0)
-    model = instantiate(compose_config("data=synthetic", "data.image_size=16", "data.channels=1", *TINY_MODELS["fned"]).model)
+    model = instantiate(
+        compose_config("data=synthetic", "data.image_size=16", "data.channels=1", *TINY_MODELS["fned"]).model
+    )
     data = tiny_parts(val_defects=3, synthetic_val_defects=True)
     trainer = quiet_trainer(max_epochs=2, limit_train_batches=2)
     trainer.fit(model, datamodule=data)

@@ -10,15 +10,17 @@ import torch
 from hydra.utils import instantiate
 
 from fned_lightning.data.base import to_model_range
-from fned_lightning.models.intensity import image_moments
 from fned_lightning.export import export
+from fned_lightning.models.intensity import image_moments
 from fned_lightning.predict import load_detector, predict
 from tests.conftest import TINY, TINY_MODELS, compose_config, run_cli
 from tests.test_predict import compose_config_named, predict_config
 
 
 def per_image_model(mean: float = -0.2, std: float = 0.3):
-    model = instantiate(compose_config("data=synthetic", "data.image_size=16", "data.intensity=per_image", *TINY_MODELS["fned"]).model)
+    model = instantiate(
+        compose_config("data=synthetic", "data.image_size=16", "data.intensity=per_image", *TINY_MODELS["fned"]).model
+    )
     model.intensity_mean.fill_(mean)
     model.intensity_std.fill_(std)
     return model.eval()
@@ -52,7 +54,10 @@ def test_without_it_the_same_shift_changes_the_score():
 
 def test_unknown_intensity_is_refused_with_the_choices(tmp_path):
     done = run_cli(*TINY, "data=synthetic", "data.intensity=global", tmp_path=tmp_path)
-    assert done.returncode == 2 and "unknown data.intensity=global; choose one of: none, per_image" in done.stdout + done.stderr
+    assert (
+        done.returncode == 2
+        and "unknown data.intensity=global; choose one of: none, per_image" in done.stdout + done.stderr
+    )
 
 
 def folder(root) -> list[str]:
@@ -63,8 +68,14 @@ def folder(root) -> list[str]:
 def trained(tmp_path_factory, parts_folder):
     """A tiny FNED trained with data.intensity=per_image on the parts folder."""
     tmp_path = tmp_path_factory.mktemp("intensity")
-    done = run_cli(*TINY, *folder(parts_folder), "data.batch_size=4", "data.intensity=per_image", "trainer.max_epochs=2",
-                   tmp_path=tmp_path)
+    done = run_cli(
+        *TINY,
+        *folder(parts_folder),
+        "data.batch_size=4",
+        "data.intensity=per_image",
+        "trainer.max_epochs=2",
+        tmp_path=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp_path / "run"
 
@@ -87,7 +98,9 @@ def test_the_same_image_gets_the_same_score_in_test_predict_and_onnx(trained, pa
         tested = {row["name"]: float(row["score"]) for row in csv.DictReader(file)}  # names: test/<folder>/<file>
     predict(predict_config(ckpt, parts_folder / "test", tmp_path / "out"))
     with open(tmp_path / "out" / "predictions.csv") as file:
-        predicted = {str(Path(row["path"]).relative_to(parts_folder)): float(row["score"]) for row in csv.DictReader(file)}
+        predicted = {
+            str(Path(row["path"]).relative_to(parts_folder)): float(row["score"]) for row in csv.DictReader(file)
+        }
     assert sorted(predicted) == sorted(tested) and len(tested) == 9
     for name, score in tested.items():
         assert predicted[name] == pytest.approx(score, rel=1e-4, abs=1e-5), name
@@ -95,8 +108,10 @@ def test_the_same_image_gets_the_same_score_in_test_predict_and_onnx(trained, pa
     model, _ = load_detector(ckpt)
     data = instantiate(compose_config(*folder(parts_folder)).data)
     data.setup("test")
-    onnx = onnxruntime.InferenceSession(str(export(compose_config_named("export", f"ckpt_path={ckpt}", f"output={tmp_path / 'm.onnx'}"))),
-                                        providers=["CPUExecutionProvider"])
+    onnx = onnxruntime.InferenceSession(
+        str(export(compose_config_named("export", f"ckpt_path={ckpt}", f"output={tmp_path / 'm.onnx'}"))),
+        providers=["CPUExecutionProvider"],
+    )
     normalised, _ = onnx.run(None, {"images": (data.test_set.images.float() / 255).numpy()})
     expected = model.normalise(torch.tensor([tested[name] for name in data.test_names]))
     np.testing.assert_allclose(normalised, expected.numpy(), rtol=1e-4, atol=1e-4)

@@ -35,14 +35,21 @@ def reconstruction_error(model, x: torch.Tensor) -> float:
 def test_the_reconstruction_error_on_a_fixed_batch_falls_with_training(name):
     L.seed_everything(0)
     data = SyntheticParts(n_train=16, n_test_normal=4, n_test_abnormal=4, image_size=16, channels=1, val_fraction=0.0)
-    faster = ["model.lr=2e-3"] + (["model.encoder_lr=2e-3"] if name == "fanogan" else [])  # a few dozen steps at tiny widths
+    faster = ["model.lr=2e-3"] + (
+        ["model.encoder_lr=2e-3"] if name == "fanogan" else []
+    )  # a few dozen steps at tiny widths
     cfg = compose_config("data=synthetic", "data.image_size=16", "data.channels=1", *TINY_MODELS[name], *faster)
     model = instantiate(cfg.model)
     data.setup("fit")
     x = to_model_range(data.train_set.images)  # the one batch every step trains on
     before = reconstruction_error(model, x)
-    trainer = L.Trainer(max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=EPOCHS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, train_dataloaders=SameBatch((x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))))
     after = reconstruction_error(model, x)
     assert after < 0.8 * before, (before, after)

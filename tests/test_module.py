@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from fned_lightning.models import gan as gan_module
 from fned_lightning.data.synthetic import SyntheticParts
 from fned_lightning.errors import InputError
+from fned_lightning.models import gan as gan_module
 from fned_lightning.models.fned import FNED
 from fned_lightning.models.gan import constant_then_linear_decay
 from fned_lightning.networks.dcgan import dcgan_init
@@ -14,18 +14,31 @@ from fned_lightning.networks.dcgan import dcgan_init
 def tiny_model(**hparams) -> FNED:
     return FNED(
         generator={"_target_": "fned_lightning.networks.fned.FNEDGenerator", "channels": 1, "width": 4},
-        discriminator={"_target_": "fned_lightning.networks.dcgan.DCGANDiscriminator", "image_size": 16, "channels": 1, "width": 8},
+        discriminator={
+            "_target_": "fned_lightning.networks.dcgan.DCGANDiscriminator",
+            "image_size": 16,
+            "channels": 1,
+            "width": 8,
+        },
         **hparams,
     )
 
 
 def tiny_data() -> SyntheticParts:
-    return SyntheticParts(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2)
+    return SyntheticParts(
+        n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2
+    )
 
 
 def fit(model: FNED, **trainer_args) -> L.Trainer:
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, **trainer_args)
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **trainer_args,
+    )
     trainer.fit(model, datamodule=tiny_data())
     return trainer
 
@@ -141,8 +154,13 @@ def test_the_map_max_image_score_is_each_maps_maximum_and_the_papers_score_is_ke
     torch.testing.assert_close(by_paper.maps, by_map.maps)
 
 
-@pytest.mark.parametrize("hparams,message", [({"image_score": "mean"}, "choose one of: paper, map_max"),
-                                             ({"map_sigma": -1}, "model.map_sigma must be a number >= 0, got -1")])
+@pytest.mark.parametrize(
+    "hparams,message",
+    [
+        ({"image_score": "mean"}, "choose one of: paper, map_max"),
+        ({"map_sigma": -1}, "model.map_sigma must be a number >= 0, got -1"),
+    ],
+)
 def test_bad_map_settings_are_refused(hparams, message):
     with pytest.raises(InputError, match=message):
         tiny_model(**hparams)
@@ -198,7 +216,11 @@ def test_every_gan_config_trains_both_networks_and_scores_images(name):
     model, trainer, changed = fit_config_model(name, max_steps=2, limit_val_batches=0)
     assert changed == {"generator", "discriminator"}
     m = trainer.callback_metrics
-    terms = {k.removeprefix("train/loss_"): v for k, v in m.items() if k.startswith("train/loss_") and k[-2:] not in ("_g", "_d")}
+    terms = {
+        k.removeprefix("train/loss_"): v
+        for k, v in m.items()
+        if k.startswith("train/loss_") and k[-2:] not in ("_g", "_d")
+    }
     assert set(terms) == set(model.loss_weights)
     torch.testing.assert_close(m["train/loss_g"], sum(model.loss_weights[k] * v for k, v in terms.items()))
     detection = model.eval()(torch.rand(3, 1, 16, 16) * 2 - 1)
@@ -242,8 +264,15 @@ class HostWaits(TorchFunctionMode):
     """Records the tensor calls that make the host wait for the device (harmless on a CPU, where
     this test runs; each one drains the queue of a GPU)."""
 
-    WAITS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
-             torch.Tensor.__int__, torch.Tensor.cpu, torch.Tensor.numpy}
+    WAITS = {
+        torch.Tensor.item,
+        torch.Tensor.tolist,
+        torch.Tensor.__bool__,
+        torch.Tensor.__float__,
+        torch.Tensor.__int__,
+        torch.Tensor.cpu,
+        torch.Tensor.numpy,
+    }
 
     def __init__(self):
         super().__init__()

@@ -57,7 +57,12 @@ def test_discriminator_rejects_bad_size():
         (WholeImageConv2d, torch.nn.Conv2d, (5, 6, 2, 2), (6, 7, 4, 2, 1)),  # U-Net's innermost, 2x2 -> 1x1
         (WholeImageConv2d, torch.nn.Conv2d, (5, 6, 4, 4), (6, 7, 4, 1, 0)),  # DCGAN head, 4x4 -> 1x1
         (WholeImageConvTranspose2d, torch.nn.ConvTranspose2d, (5, 6, 1, 1), (6, 7, 4, 2, 1)),  # 1x1 -> 2x2
-        (WholeImageConvTranspose2d, torch.nn.ConvTranspose2d, (5, 6, 1, 1), (6, 7, 4, 1, 0)),  # DCGAN decoder, 1x1 -> 4x4
+        (
+            WholeImageConvTranspose2d,
+            torch.nn.ConvTranspose2d,
+            (5, 6, 1, 1),
+            (6, 7, 4, 1, 0),
+        ),  # DCGAN decoder, 1x1 -> 4x4
         (FoldConvTranspose2d, torch.nn.ConvTranspose2d, (5, 6, 2, 2), (6, 7, 4, 2, 1)),
         (FoldConvTranspose2d, torch.nn.ConvTranspose2d, (5, 6, 3, 5), (6, 7, 3, 1, 1)),
     ],
@@ -73,8 +78,11 @@ def test_matrix_product_layers_compute_what_their_parents_do(layer, parent, in_s
     outputs = [module(x) for module in (fast, reference)]
     torch.testing.assert_close(outputs[0], outputs[1])
     upstream = torch.randn_like(outputs[1])
-    grads = [torch.autograd.grad(out, [x, *module.parameters()], upstream) for out, module in zip(outputs, (fast, reference))]
-    for fast_grad, reference_grad in zip(*grads):
+    grads = [
+        torch.autograd.grad(out, [x, *module.parameters()], upstream)
+        for out, module in zip(outputs, (fast, reference), strict=True)
+    ]
+    for fast_grad, reference_grad in zip(*grads, strict=True):
         torch.testing.assert_close(fast_grad, reference_grad)
 
 

@@ -20,8 +20,17 @@ from tests.conftest import TINY, run_cli
 def checkpoint(tmp_path_factory):
     """A tiny FNED trained for 2 epochs on synthetic 16x16 grey parts."""
     tmp_path = tmp_path_factory.mktemp("trained")
-    done = run_cli(*TINY, "data=synthetic", "data.image_size=16", "data.n_train=64", "data.n_test_normal=8",
-                   "data.n_test_abnormal=8", "data.batch_size=16", "trainer.max_epochs=2", tmp_path=tmp_path)
+    done = run_cli(
+        *TINY,
+        "data=synthetic",
+        "data.image_size=16",
+        "data.n_train=64",
+        "data.n_test_normal=8",
+        "data.n_test_abnormal=8",
+        "data.batch_size=16",
+        "trainer.max_epochs=2",
+        tmp_path=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp_path / "run" / "checkpoints" / "last.ckpt"
 
@@ -89,7 +98,9 @@ def test_both_decision_rules_use_the_thresholds_in_the_checkpoint(checkpoint, pa
         for row in read_rows(tmp_path / decision).values():
             if row["score"]:
                 score, normalised = float(row["score"]), float(row["normalised_score"])
-                expected = score > model.score_threshold.item() if decision == "calibrated" else normalised > model.threshold
+                expected = (
+                    score > model.score_threshold.item() if decision == "calibrated" else normalised > model.threshold
+                )
                 assert (row["decision"] == "abnormal") == expected
 
 
@@ -102,8 +113,14 @@ def test_both_decision_rules_use_the_thresholds_in_the_checkpoint(checkpoint, pa
     ],
 )
 def test_predict_mistakes_get_one_clear_message(checkpoint, parts, tmp_path, overrides, message):
-    done = run_cli(f"ckpt_path={checkpoint}", f"input={parts}", f"output={tmp_path / 'out'}", *overrides,
-                   tmp_path=tmp_path, module="fned_lightning.predict")
+    done = run_cli(
+        f"ckpt_path={checkpoint}",
+        f"input={parts}",
+        f"output={tmp_path / 'out'}",
+        *overrides,
+        tmp_path=tmp_path,
+        module="fned_lightning.predict",
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 2 and message in output and "Traceback" not in output, output[-2000:]
 
@@ -158,7 +175,9 @@ def test_onnx_export_matches_pytorch(checkpoint, tmp_path):
 
 
 def test_pt2_export_matches_pytorch(checkpoint, tmp_path):
-    path = export(compose_config_named("export", f"ckpt_path={checkpoint}", "format=pt2", f"output={tmp_path / 'model.pt2'}"))
+    path = export(
+        compose_config_named("export", f"ckpt_path={checkpoint}", "format=pt2", f"output={tmp_path / 'model.pt2'}")
+    )
     model, _ = load_detector(checkpoint)
     images = torch.rand(2, 1, 16, 16)
     with torch.no_grad():
@@ -167,7 +186,9 @@ def test_pt2_export_matches_pytorch(checkpoint, tmp_path):
     torch.testing.assert_close(actual, expected)
 
 
-@pytest.mark.parametrize("name", ["ganomaly", "fned_head"])  # FNED: the tests above; every model to ONNX: test_every_model.py
+@pytest.mark.parametrize(
+    "name", ["ganomaly", "fned_head"]
+)  # FNED: the tests above; every model to ONNX: test_every_model.py
 @pytest.mark.parametrize("format", ["onnx", "pt2"])
 def test_other_models_and_the_head_export_and_match_pytorch(name, format, tmp_path):
     import onnxruntime
@@ -190,7 +211,7 @@ def test_other_models_and_the_head_export_and_match_pytorch(name, format, tmp_pa
         actual = [torch.from_numpy(a) for a in session.run(None, {"images": images.numpy()})]
     else:
         actual = torch.export.load(str(output)).module()(images)
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
 
 
@@ -203,18 +224,31 @@ def test_overlays_and_masks_are_at_each_inputs_own_resolution(checkpoint, parts,
         assert mask.size == own_size and set(np.unique(np.asarray(mask))) <= {0, 255}
         overlay = Image.open(tmp_path / "out" / "overlays" / f"{name}.png")
         zoom = -(-320 // min(own_size))  # drawn a whole number of times larger, to a readable size
-        assert overlay.size[1] == own_size[1] * zoom and overlay.size[0] > own_size[0] * zoom + 100  # the image and its scale
-    # the mask is the map above the checkpoint's pixel threshold: an image whose map is above it somewhere has white pixels
+        assert (
+            overlay.size[1] == own_size[1] * zoom and overlay.size[0] > own_size[0] * zoom + 100
+        )  # the image and its scale
+    # the mask is the map above the checkpoint's pixel threshold:
+    # an image whose map is above it somewhere has white pixels
     summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert summary["pixel_threshold"] == pytest.approx(model.pixel_threshold.item()) and rows
 
 
 def test_predict_and_export_write_no_log_file_and_their_help_lists_only_their_options(checkpoint, parts, tmp_path):
-    done = run_cli(f"ckpt_path={checkpoint}", f"input={parts}", f"output={tmp_path / 'out'}", "overlays=false",
-                   tmp_path=tmp_path, module="fned_lightning.predict")
+    done = run_cli(
+        f"ckpt_path={checkpoint}",
+        f"input={parts}",
+        f"output={tmp_path / 'out'}",
+        "overlays=false",
+        tmp_path=tmp_path,
+        module="fned_lightning.predict",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    done = run_cli(f"ckpt_path={checkpoint}", f"output={tmp_path / 'model.onnx'}", tmp_path=tmp_path,
-                   module="fned_lightning.export")
+    done = run_cli(
+        f"ckpt_path={checkpoint}",
+        f"output={tmp_path / 'model.onnx'}",
+        tmp_path=tmp_path,
+        module="fned_lightning.export",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert not list(tmp_path.rglob("*.log"))
     assert json.loads((tmp_path / "model.json").read_text())["thresholds"]["paper"] == 0.2  # not 0.19999999999999987

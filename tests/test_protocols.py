@@ -9,8 +9,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from fned_lightning.protocols import PaperProtocol
 from fned_lightning.data.synthetic import SyntheticParts
+from fned_lightning.protocols import PaperProtocol
 from tests.conftest import TINY, TINY_MODELS, compose_config, run_cli
 
 
@@ -65,17 +65,27 @@ def same(a: dict, b: dict) -> bool:
 
 
 def quiet_trainer(**args) -> L.Trainer:
-    return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, **args)
+    return L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **args,
+    )
 
 
 def tiny_parts(data_class=SyntheticParts):
-    return data_class(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2)
+    return data_class(
+        n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2
+    )
 
 
 def fit_and_test(*callbacks, protocol: str = "honest", epochs: int = 3):
     L.seed_everything(0)
-    model = instantiate(compose_config("data=synthetic", "data.image_size=16", f"protocol={protocol}", *TINY_MODELS["fned"]).model)
+    model = instantiate(
+        compose_config("data=synthetic", "data.image_size=16", f"protocol={protocol}", *TINY_MODELS["fned"]).model
+    )
     data = tiny_parts(GuardedParts)
     data.setup("fit")  # split before fit, as train() does (the split counts the test labels for its log line)
     trainer = quiet_trainer(max_epochs=epochs, limit_train_batches=2, callbacks=list(callbacks))
@@ -118,15 +128,28 @@ def test_paper_protocol_tests_the_weights_of_the_best_epoch_not_the_last():
     assert same(weights.tested, weights.epochs[1])
 
 
-@pytest.mark.parametrize(("precision", "data"), [("32-true", "synthetic"), ("bf16-mixed", "synthetic"), ("32-true", "cifar10")])
-def test_paper_protocol_run_is_labelled_and_reports_the_best_logged_epoch_and_its_auroc(tmp_path, precision, data, cifar_folder):
+@pytest.mark.parametrize(
+    ("precision", "data"), [("32-true", "synthetic"), ("bf16-mixed", "synthetic"), ("32-true", "cifar10")]
+)
+def test_paper_protocol_run_is_labelled_and_reports_the_best_logged_epoch_and_its_auroc(
+    tmp_path, precision, data, cifar_folder
+):
     """bf16: the per-epoch passes run in the trainer's precision too; CIFAR-10: both test in the anchors'
     label-ordered batches (BatchNorm in training mode would score mixed batches differently)."""
-    data_args = (["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
-                 if data == "synthetic" else [f"data.root={cifar_folder}", "anomaly_class=horse", "data.cache_dir=null",
-                                              "data.batch_size=4", "data.val_fraction=0.2"])
-    done = run_cli(*TINY, *data_args, "trainer.max_epochs=3", "protocol=paper", f"trainer.precision={precision}",
-                   tmp_path=tmp_path)
+    data_args = (
+        ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
+        if data == "synthetic"
+        else [
+            f"data.root={cifar_folder}",
+            "anomaly_class=horse",
+            "data.cache_dir=null",
+            "data.batch_size=4",
+            "data.val_fraction=0.2",
+        ]
+    )
+    done = run_cli(
+        *TINY, *data_args, "trainer.max_epochs=3", "protocol=paper", f"trainer.precision={precision}", tmp_path=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -136,7 +159,9 @@ def test_paper_protocol_run_is_labelled_and_reports_the_best_logged_epoch_and_it
     lines = (run / "csv" / "metrics.csv").read_text().splitlines()
     header = lines[0].split(",")
     column, epoch_column = header.index("paper/test_auroc"), header.index("epoch")
-    logged = {int(row[epoch_column]): float(row[column]) for row in (line.split(",") for line in lines[1:]) if row[column]}
+    logged = {
+        int(row[epoch_column]): float(row[column]) for row in (line.split(",") for line in lines[1:]) if row[column]
+    }
     assert sorted(logged) == [0, 1, 2]
     best = max(logged, key=lambda epoch: (logged[epoch], -epoch))  # the first of equals, as the selection keeps it
     assert metrics["tested_epoch"] == best
@@ -178,9 +203,11 @@ def test_learning_rate_used_in_each_epoch(name, expected):
     L.seed_everything(0)
     model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS[name]).model)
     data = tiny_parts()
-    quiet_trainer(max_epochs=4, limit_train_batches=1, limit_val_batches=0, callbacks=[rates]).fit(model, datamodule=data)
+    quiet_trainer(max_epochs=4, limit_train_batches=1, limit_val_batches=0, callbacks=[rates]).fit(
+        model, datamodule=data
+    )
     assert len(rates.per_epoch) == 4
-    for used, wanted in zip(rates.per_epoch, expected):
+    for used, wanted in zip(rates.per_epoch, expected, strict=True):
         assert used == pytest.approx(wanted, rel=1e-9)
     assert rates.logged == pytest.approx([used[0] for used in rates.per_epoch], rel=1e-6)  # logged: the rate used
     if name == "fanogan":
@@ -192,15 +219,27 @@ def test_both_protocols_from_one_run_match_an_honest_run_and_a_paper_run(tmp_pat
     """The paper's test passes after each epoch leave BatchNorm's statistics, every other buffer and
     the random generators as they were: the honest half of a both run is the honest run, and its
     paper half is the paper run (same seed, same command otherwise)."""
-    synthetic = ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
+    synthetic = [
+        "data=synthetic",
+        "data.n_train=48",
+        "data.n_test_normal=8",
+        "data.n_test_abnormal=8",
+        "data.batch_size=16",
+    ]
     metrics = {}
     for protocol in ("honest", "paper", "both"):
         (tmp_path / protocol).mkdir()
-        done = run_cli(*TINY, *synthetic, "trainer.max_epochs=3", f"protocol={protocol}", "seed=3", tmp_path=tmp_path / protocol)
+        done = run_cli(
+            *TINY, *synthetic, "trainer.max_epochs=3", f"protocol={protocol}", "seed=3", tmp_path=tmp_path / protocol
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         metrics[protocol] = json.loads((tmp_path / protocol / "run" / "metrics.json").read_text())
     both = metrics["both"]
-    assert both["protocol"] == "both" and both["normalisation"] == "val_minmax" and both["paper_normalisation"] == "test_minmax"
+    assert (
+        both["protocol"] == "both"
+        and both["normalisation"] == "val_minmax"
+        and both["paper_normalisation"] == "test_minmax"
+    )
     for name in ("auroc", "auprc", "f1", "f1_calibrated", "score_min", "score_max", "score_threshold", "tested_epoch"):
         assert both[name] == metrics["honest"][name], name
     for name in ("auroc", "auprc", "f1", "precision", "recall", "tested_epoch"):
@@ -235,8 +274,17 @@ def test_paper_batches_rescores_a_run_and_refuses_one_it_does_not_reproduce(tmp_
 
     from tests.conftest import REPO
 
-    done = run_cli(*TINY, f"data.root={cifar_folder}", "anomaly_class=horse", "data.cache_dir=null", "data.batch_size=4",
-                   "data.val_fraction=0.2", "trainer.max_epochs=2", "protocol=both", tmp_path=tmp_path)
+    done = run_cli(
+        *TINY,
+        f"data.root={cifar_folder}",
+        "anomaly_class=horse",
+        "data.cache_dir=null",
+        "data.batch_size=4",
+        "data.val_fraction=0.2",
+        "trainer.max_epochs=2",
+        "protocol=both",
+        tmp_path=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     run, out = tmp_path / "run", tmp_path / "results"
     out.mkdir()
@@ -265,12 +313,16 @@ def test_paper_batches_rescores_a_run_and_refuses_one_it_does_not_reproduce(tmp_
     shutil.move(tmp_path / "metrics.json", metrics_file)
     rescored = subprocess.run(script, capture_output=True, text=True, cwd=REPO)
     assert rescored.returncode == 0, rescored.stderr[-3000:]
-    assert not [line for line in rescored.stdout.splitlines() if line.startswith("run epoch")]  # scored before: only the check ran
+    assert not [
+        line for line in rescored.stdout.splitlines() if line.startswith("run epoch")
+    ]  # scored before: only the check ran
     result = json.loads((out / "paper_batches.json").read_text())["run"]
     assert metrics["paper_test_batches"] == result["logged_batching"] == "anchors"
     assert (result["finished"], result["honest_auroc"]) == (True, metrics["auroc"])
     assert (result["selected_epoch"], result["last_epoch"]) == (metrics["paper_tested_epoch"], 1)
-    assert result["per_epoch"][str(result["selected_epoch"])]["anchors"] == pytest.approx(metrics["paper_auroc"], abs=1e-4)
+    assert result["per_epoch"][str(result["selected_epoch"])]["anchors"] == pytest.approx(
+        metrics["paper_auroc"], abs=1e-4
+    )
     assert result["per_epoch"][other_epoch]["anchors"] == 0.123
     assert all(0.0 <= v["mixed"] <= 1.0 for v in result["per_epoch"].values())
     assert "| FNED | horse |" in (out / "paper_batches.md").read_text()

@@ -7,16 +7,26 @@ from omegaconf import OmegaConf
 from fned_lightning.report import main as report_main
 
 
-def fake_run(root, name, metrics=None, model="fned", data="cifar10", anomaly_class="horse", protocol="honest",
-             model_config=None):
+def fake_run(
+    root, name, metrics=None, model="fned", data="cifar10", anomaly_class="horse", protocol="honest", model_config=None
+):
     """A run folder as train.py leaves it: .hydra/ always, metrics.json (and the resolved config.yaml, here
     only its `model`) only when it finished."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save({"anomaly_class": anomaly_class, "protocol": protocol, "data": {"root": f"/d/{data}"}}, run / ".hydra/config.yaml")
+    OmegaConf.save(
+        {"anomaly_class": anomaly_class, "protocol": protocol, "data": {"root": f"/d/{data}"}},
+        run / ".hydra/config.yaml",
+    )
     OmegaConf.save({"hydra": {"runtime": {"choices": {"model": model, "data": data}}}}, run / ".hydra/hydra.yaml")
     if metrics is not None:
-        base = {"model": model, "data": data, "anomaly_class": anomaly_class, "protocol": protocol, "data_root": f"/d/{data}"}
+        base = {
+            "model": model,
+            "data": data,
+            "anomaly_class": anomaly_class,
+            "protocol": protocol,
+            "data_root": f"/d/{data}",
+        }
         (run / "metrics.json").write_text(json.dumps(base | metrics))
         OmegaConf.save({"model": model_config or {}}, run / "config.yaml")
 
@@ -46,7 +56,9 @@ def test_tables_average_seeds_and_show_missing_and_failed_runs(tmp_path, capsys)
     assert rows["FNED [protocol=paper]"]["horse"] == "0.950"
     with open(out / "table3_folder.csv") as file:
         (folder_row,) = list(csv.DictReader(file))
-    assert folder_row["model"] == "Skip-GANomaly" and folder_row["AUPRC"] == "0.900" and folder_row["data set"] == "folder"
+    assert (
+        folder_row["model"] == "Skip-GANomaly" and folder_row["AUPRC"] == "0.900" and folder_row["data set"] == "folder"
+    )
     text = capsys.readouterr().out
     assert "Table 1" in text and "FNED (paper, its protocol)" in text and "5 finished, 1 failed" in text
     assert (out / "auroc_bars.png").stat().st_size > 0 and (out / "tables.md").exists()
@@ -56,15 +68,24 @@ def test_a_both_run_gives_an_honest_row_a_paper_row_and_their_gap(tmp_path):
     runs = tmp_path / "multirun"
     paper = {f"paper_{k}": v for k, v in scores(0.9, auprc=0.8).items()}
     fake_run(runs, "0", scores(0.7, auprc=0.6) | paper, protocol="both")
-    fake_run(runs, "1", scores(0.75) | {f"paper_{k}": v for k, v in scores(0.85).items()}, protocol="both",
-             data="folder", anomaly_class=None)
+    fake_run(
+        runs,
+        "1",
+        scores(0.75) | {f"paper_{k}": v for k, v in scores(0.85).items()},
+        protocol="both",
+        data="folder",
+        anomaly_class=None,
+    )
     report_main([str(runs), "--wandb", "off"])
     with open(runs / "report" / "table1_auroc.csv") as file:
         rows = {row["model"]: row for row in csv.DictReader(file)}
     assert rows["FNED"]["horse"] == "0.700" and rows["FNED [protocol=paper]"]["horse"] == "0.900"
     assert rows["FNED"]["paper - honest"] == "" and rows["FNED [protocol=paper]"]["paper - honest"] == "+0.200"
     with open(runs / "report" / "table2_auprc.csv") as file:
-        assert {row["model"]: row["horse"] for row in csv.DictReader(file)} == {"FNED": "0.600", "FNED [protocol=paper]": "0.800"}
+        assert {row["model"]: row["horse"] for row in csv.DictReader(file)} == {
+            "FNED": "0.600",
+            "FNED [protocol=paper]": "0.800",
+        }
     with open(runs / "report" / "table3_folder.csv") as file:
         folder = {row["model"]: row for row in csv.DictReader(file)}
     assert folder["FNED"]["AUROC"] == "0.750" and folder["FNED [protocol=paper]"]["AUROC paper - honest"] == "+0.100"
@@ -79,10 +100,18 @@ def test_empty_folder_is_reported(tmp_path, capsys):
 
 def test_runs_with_masks_get_a_localisation_table_beside_table_3(tmp_path):
     runs = tmp_path / "multirun"
-    pixels = {"auroc_score_paper": 0.7, "auroc_score_map_max": 0.8, "pixel_auroc": 0.9, "pixel_aupro": 0.6, "pixel_f1": 0.3}
+    pixels = {
+        "auroc_score_paper": 0.7,
+        "auroc_score_map_max": 0.8,
+        "pixel_auroc": 0.9,
+        "pixel_aupro": 0.6,
+        "pixel_f1": 0.3,
+    }
     fake_run(runs, "0", scores(0.7) | pixels, data="synthetic", anomaly_class=None)
     fake_run(runs, "1", scores(0.7) | pixels | {"pixel_aupro": 0.4}, data="synthetic", anomaly_class=None)
-    fake_run(runs, "2", scores(0.6) | {"pixel_auroc": None}, data="folder", anomaly_class=None, model="ganomaly")  # no masks
+    fake_run(
+        runs, "2", scores(0.6) | {"pixel_auroc": None}, data="folder", anomaly_class=None, model="ganomaly"
+    )  # no masks
     report_main([str(runs), "--wandb", "off"])
     with open(runs / "report" / "table3_localisation.csv") as file:
         (row,) = list(csv.DictReader(file))
@@ -93,13 +122,30 @@ def test_runs_with_masks_get_a_localisation_table_beside_table_3(tmp_path):
 
 def test_remedies_against_copying_name_their_rows_and_painted_validation_defects_get_a_table(tmp_path):
     runs = tmp_path / "multirun"
-    painted = {"val_auroc_score_paper": 0.8, "val_auroc_score_map_max": 0.9, "val_pixel_auroc": 0.95,
-               "val_defect_residual_ratio": 3.0}
+    painted = {
+        "val_auroc_score_paper": 0.8,
+        "val_auroc_score_map_max": 0.9,
+        "val_pixel_auroc": 0.95,
+        "val_defect_residual_ratio": 3.0,
+    }
     paper = {f"paper_{k}": v for k, v in scores(0.65).items()}
-    fake_run(runs, "0", scores(0.5) | painted | paper, data="folder", anomaly_class=None, protocol="both",
-             model_config={"train_corruption": "none", "generator": {"skip_levels": 0}})
-    fake_run(runs, "1", scores(0.6) | painted | {"val_defect_residual_ratio": 5.0}, data="folder", anomaly_class=None,
-             model_config={"train_corruption": "patches", "corruption_strength": 0.25, "generator": {"skip_levels": 1}})
+    fake_run(
+        runs,
+        "0",
+        scores(0.5) | painted | paper,
+        data="folder",
+        anomaly_class=None,
+        protocol="both",
+        model_config={"train_corruption": "none", "generator": {"skip_levels": 0}},
+    )
+    fake_run(
+        runs,
+        "1",
+        scores(0.6) | painted | {"val_defect_residual_ratio": 5.0},
+        data="folder",
+        anomaly_class=None,
+        model_config={"train_corruption": "patches", "corruption_strength": 0.25, "generator": {"skip_levels": 1}},
+    )
     report_main([str(runs), "--wandb", "off"])
     with open(runs / "report" / "table3_folder.csv") as file:
         rows = {row["model"]: row for row in csv.DictReader(file)}
@@ -114,8 +160,14 @@ def test_remedies_against_copying_name_their_rows_and_painted_validation_defects
 def test_real_validation_defects_get_a_table_beside_the_test_auroc_and_a_head_names_its_row(tmp_path):
     runs = tmp_path / "multirun"
     for seed, (real, test) in enumerate([(0.7, 0.6), (0.9, 0.8)]):
-        fake_run(runs, f"head{seed}", scores(test) | {"val_real_auroc": real, "val_real_auprc": 0.5}, data="folder",
-                 anomaly_class=None, model_config={"train_corruption": "none", "head": {"width": 32}})
+        fake_run(
+            runs,
+            f"head{seed}",
+            scores(test) | {"val_real_auroc": real, "val_real_auprc": 0.5},
+            data="folder",
+            anomaly_class=None,
+            model_config={"train_corruption": "none", "head": {"width": 32}},
+        )
     fake_run(runs, "plain", scores(0.5), data="folder", anomaly_class=None)  # no real validation defects: no row
     report_main([str(runs), "--wandb", "off"])
     with open(runs / "report" / "real_validation_defects.csv") as file:

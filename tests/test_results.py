@@ -30,10 +30,17 @@ def test_a_log_cut_by_a_resume_is_kept_whole(tmp_path):
 
     logs = tmp_path / "csv"
     logs.mkdir()
-    (logs / "metrics.before_resume.20261201T140344.csv").write_text("epoch,step,train/loss_g\n0,1,0.9\n1,2,0.8\n2,3,0.7\n")
+    (logs / "metrics.before_resume.20261201T140344.csv").write_text(
+        "epoch,step,train/loss_g\n0,1,0.9\n1,2,0.8\n2,3,0.7\n"
+    )
     (logs / "metrics.csv").write_text("epoch,step,paper/test_auroc\n2,3,0.55\n3,4,0.6\n")
     out = tmp_path / "epochs.csv"
     subprocess.run([sys.executable, str(REPO / "scripts" / "merge_epoch_logs.py"), str(tmp_path), str(out)], check=True)
     rows = list(csv.DictReader(out.open()))
     assert [row["epoch"] for row in rows] == ["0", "1", "2", "3"]
-    assert rows[0]["train/loss_g"] == "0.9" and rows[2] == {"epoch": "2", "step": "3", "train/loss_g": "", "paper/test_auroc": "0.55"}
+    assert rows[0]["train/loss_g"] == "0.9" and rows[2] == {
+        "epoch": "2",
+        "step": "3",
+        "train/loss_g": "",
+        "paper/test_auroc": "0.55",
+    }

@@ -77,7 +77,9 @@ def test_evaluate_reports_both_normalisations():
 
 
 def test_min_max_normalise():
-    torch.testing.assert_close(min_max_normalise(torch.tensor([1.0, 3.0, 5.0]), 1.0, 3.0), torch.tensor([0.0, 1.0, 2.0]))
+    torch.testing.assert_close(
+        min_max_normalise(torch.tensor([1.0, 3.0, 5.0]), 1.0, 3.0), torch.tensor([0.0, 1.0, 2.0])
+    )
 
 
 def two_defect_images():
@@ -149,8 +151,13 @@ def test_upper_quantile_is_exceeded_by_the_given_share():
 
 def test_shift_check_flags_normal_test_images_that_score_unlike_validation_either_way():
     def check(scores):
-        return shift_check(torch.tensor(scores), calibrated_threshold=2.0, validation_range=(0.5, 2.5), n_validation=99,
-                           false_positive_rate=0.05)
+        return shift_check(
+            torch.tensor(scores),
+            calibrated_threshold=2.0,
+            validation_range=(0.5, 2.5),
+            n_validation=99,
+            false_positive_rate=0.05,
+        )
 
     matched = check([1.0] * 94 + [3.0] * 5 + [0.4])  # 5% above the threshold, as promised; 6% outside the range
     assert matched["normal_test_over_threshold"] == pytest.approx(0.05) and not matched["normal_test_shifted"]

@@ -74,15 +74,21 @@ def test_patch_corruption_masks_the_given_share_of_grid_cells_with_the_image_mea
     per_cell = changed.view(64, 1, PATCH_GRID, cell, PATCH_GRID, cell).any(5).any(3)
     assert per_cell.float().mean().item() == pytest.approx(0.25, abs=0.03)
     filled = torch.where(changed, damaged, torch.nan)
-    assert torch.allclose(filled.nan_to_num(0).sum((1, 2, 3)) / changed.sum((1, 2, 3)).clamp_min(1),
-                          x.mean((1, 2, 3)) * changed.any((1, 2, 3)), atol=1e-5)
+    assert torch.allclose(
+        filled.nan_to_num(0).sum((1, 2, 3)) / changed.sum((1, 2, 3)).clamp_min(1),
+        x.mean((1, 2, 3)) * changed.any((1, 2, 3)),
+        atol=1e-5,
+    )
 
 
-@pytest.mark.parametrize("hparams,message", [
-    ({"train_corruption": "blur", "corruption_strength": 1.0}, "none, noise, patches"),
-    ({"train_corruption": "noise"}, "corruption_strength > 0"),
-    ({"train_corruption": "patches", "corruption_strength": 1.5}, "0 < model.corruption_strength < 1"),
-])
+@pytest.mark.parametrize(
+    "hparams,message",
+    [
+        ({"train_corruption": "blur", "corruption_strength": 1.0}, "none, noise, patches"),
+        ({"train_corruption": "noise"}, "corruption_strength > 0"),
+        ({"train_corruption": "patches", "corruption_strength": 1.5}, "0 < model.corruption_strength < 1"),
+    ],
+)
 def test_bad_corruption_settings_are_refused(hparams, message):
     with pytest.raises(InputError, match=message):
         tiny_model(**hparams)
@@ -105,13 +111,22 @@ def test_corruption_changes_what_the_generator_sees_in_training_and_never_at_tes
     L.seed_everything(0)
     model = tiny_model(train_corruption=kind, corruption_strength=strength)
     model.generator, model.discriminator = Recorder(model.generator), Recorder(model.discriminator)
-    data = SyntheticParts(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    data = SyntheticParts(
+        n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=data)
     # each training step: G(x_in), then D(x) on the clean batch, then D(x_fake) for each of the two steps
     seen_in_training, clean = model.generator.inputs[:2], model.discriminator.inputs[0:6:3]
-    for x_in, x in zip(seen_in_training, clean):
+    for x_in, x in zip(seen_in_training, clean, strict=True):
         assert torch.equal(x_in, x) == (kind == "none")
     model.generator.inputs.clear()
     model.discriminator.inputs.clear()
@@ -159,8 +174,16 @@ def test_skip_levels_out_of_range_is_refused():
 
 
 def tiny_parts(**kwargs) -> SyntheticParts:
-    return SyntheticParts(n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8,
-                          val_fraction=0.2, **kwargs)
+    return SyntheticParts(
+        n_train=40,
+        n_test_normal=8,
+        n_test_abnormal=8,
+        image_size=16,
+        channels=1,
+        batch_size=8,
+        val_fraction=0.2,
+        **kwargs,
+    )
 
 
 def test_painted_validation_defects_double_the_validation_split_with_masks():
@@ -180,8 +203,15 @@ def test_only_normal_validation_images_fit_the_normalisation_and_the_defects_are
     for with_defects in (False, True):
         L.seed_everything(0)
         model = tiny_model()
-        trainer = L.Trainer(max_epochs=2, limit_train_batches=2, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        trainer = L.Trainer(
+            max_epochs=2,
+            limit_train_batches=2,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
         trainer.fit(model, datamodule=tiny_parts(synthetic_val_defects=with_defects))
         results[with_defects] = model, dict(trainer.logged_metrics)
     plain, painted = results[False][0], results[True][0]

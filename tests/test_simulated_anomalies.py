@@ -23,7 +23,7 @@ def draw(x: torch.Tensor, sources=("colour", "image", "noise"), seed: int = 0):
 def test_the_same_seed_gives_the_same_draw_and_another_seed_another():
     x = torch.rand(8, 3, 32, 32) * 2 - 1
     first, again, other = draw(x, seed=1), draw(x, seed=1), draw(x, seed=2)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[1], other[1])
 
 

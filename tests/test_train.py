@@ -8,7 +8,13 @@ import torch
 
 from tests.conftest import REPO, TINY, TINY_MODELS, compose_config, run_cli
 
-SYNTHETIC = ["data=synthetic", "data.n_train=48", "data.n_test_normal=8", "data.n_test_abnormal=8", "data.batch_size=16"]
+SYNTHETIC = [
+    "data=synthetic",
+    "data.n_train=48",
+    "data.n_test_normal=8",
+    "data.n_test_abnormal=8",
+    "data.batch_size=16",
+]
 
 
 def results(tmp_path):
@@ -23,10 +29,28 @@ def test_synthetic_run_writes_metrics_scores_config_and_checkpoint(tmp_path):
     done = run_cli(*TINY, *SYNTHETIC, "trainer.max_epochs=2", tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
-    assert "litlogger" not in output and "Total FLOPs: 0" not in output and "Total FLOPs" in output  # quiet, and counted
+    assert (
+        "litlogger" not in output and "Total FLOPs: 0" not in output and "Total FLOPs" in output
+    )  # quiet, and counted
     run, metrics, rows = results(tmp_path)
-    for key in ("auroc", "auprc", "f1", "precision", "recall", "f1_test_minmax", "precision_test_minmax",
-                "recall_test_minmax", "f1_val_minmax", "protocol", "model", "seed", "epochs", "n_train", "n_val", "n_test"):
+    for key in (
+        "auroc",
+        "auprc",
+        "f1",
+        "precision",
+        "recall",
+        "f1_test_minmax",
+        "precision_test_minmax",
+        "recall_test_minmax",
+        "f1_val_minmax",
+        "protocol",
+        "model",
+        "seed",
+        "epochs",
+        "n_train",
+        "n_val",
+        "n_test",
+    ):
         assert key in metrics, key
     assert metrics["protocol"] == "honest" and metrics["model"] == "fned" and metrics["epochs"] == 2
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (44, 4, 16)
@@ -37,15 +61,23 @@ def test_synthetic_run_writes_metrics_scores_config_and_checkpoint(tmp_path):
     assert (run / "config.yaml").exists() and (run / "csv" / "metrics.csv").exists()
     for figure in ("score_histogram", "roc_pr", "reconstructions", "anomaly_maps"):
         assert (run / "figures" / f"{figure}.png").stat().st_size > 1000
-    assert (run / "checkpoints" / "last.ckpt").resolve().name == "epoch=1.ckpt"  # named by epoch, not by optimiser steps
+    assert (
+        run / "checkpoints" / "last.ckpt"
+    ).resolve().name == "epoch=1.ckpt"  # named by epoch, not by optimiser steps
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # plain data, no pickled classes
     assert checkpoint["state_dict"]["score_min"].item() == pytest.approx(metrics["score_min"])
     assert checkpoint["hyper_parameters"]["generator"]["width"] == 4  # rebuildable from the checkpoint alone
 
 
 def test_cifar10_folder_copy_with_the_papers_short_name(tmp_path, cifar_folder):
-    done = run_cli(*TINY, f"data.root={cifar_folder}", "anomaly_class=plane", "data.cache_dir=null",
-                   "trainer.max_epochs=1", tmp_path=tmp_path)
+    done = run_cli(
+        *TINY,
+        f"data.root={cifar_folder}",
+        "anomaly_class=plane",
+        "data.cache_dir=null",
+        "trainer.max_epochs=1",
+        tmp_path=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     _, metrics, rows = results(tmp_path)
     assert metrics["anomaly_class"] == "airplane"
@@ -55,8 +87,16 @@ def test_cifar10_folder_copy_with_the_papers_short_name(tmp_path, cifar_folder):
 
 
 def test_folder_of_grey_parts(tmp_path, parts_folder):
-    done = run_cli(*TINY, "data=folder", f"data.root={parts_folder}", "data.channels=1", "data.image_size=32",
-                   "data.batch_size=4", "trainer.max_epochs=1", tmp_path=tmp_path)
+    done = run_cli(
+        *TINY,
+        "data=folder",
+        f"data.root={parts_folder}",
+        "data.channels=1",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        tmp_path=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     _, metrics, rows = results(tmp_path)
     assert metrics["n_test"] == 9 and metrics["data"] == "folder"
@@ -67,7 +107,9 @@ def test_a_mistake_while_resuming_keeps_the_run_folder_and_its_checkpoint(tmp_pa
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"a checkpoint")
-    done = run_cli(*TINY, "anomaly_class=horses", tmp_path=tmp_path)  # the first mistake found: the checkpoint it would resume
+    done = run_cli(
+        *TINY, "anomaly_class=horses", tmp_path=tmp_path
+    )  # the first mistake found: the checkpoint it would resume
     assert done.returncode == 2 and f"cannot read {checkpoint} as a checkpoint" in done.stderr
     assert checkpoint.read_bytes() == b"a checkpoint"
 
@@ -78,10 +120,23 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, model):
     on the seed and the epoch alone: killed after its first checkpoint and resumed, a run gives the same
     numbers. FNED runs with the segmentation head, whose anomalies are drawn every batch. f-AnoGAN's 4
     epochs are 2 of GAN and 2 of encoder training: the kill falls in the GAN phase."""
-    args = [*TINY_MODELS[model], "logger=csv", *SYNTHETIC, "data.n_train=96", "data.image_size=16", "trainer.max_epochs=4", "seed=5"]
+    args = [
+        *TINY_MODELS[model],
+        "logger=csv",
+        *SYNTHETIC,
+        "data.n_train=96",
+        "data.image_size=16",
+        "trainer.max_epochs=4",
+        "seed=5",
+    ]
     if model == "fned":  # D "collapses" at every batch and is re-initialised at every look: those draws resume too
-        args += ["model.d_collapse_loss=1e9", "model.d_collapse_check_interval=1", "experiment=parts_head",
-                 "model.head.width=4", "model.head.depth=2"]
+        args += [
+            "model.d_collapse_loss=1e9",
+            "model.d_collapse_check_interval=1",
+            "experiment=parts_head",
+            "model.head.width=4",
+            "model.head.depth=2",
+        ]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     straight.mkdir(), interrupted.mkdir()
     uninterrupted = run_cli(*args, tmp_path=straight)
@@ -110,8 +165,16 @@ def per_epoch_log(path) -> list[dict]:
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
 def test_a_failing_sweep_job_keeps_the_others_results(tmp_path, launcher):
     sweep = tmp_path / "sweep"
-    done = run_cli("-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}", *TINY, *SYNTHETIC,
-                   "trainer.max_epochs=1", "data.image_size=40,16", tmp_path=tmp_path)
+    done = run_cli(
+        "-m",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={sweep}",
+        *TINY,
+        *SYNTHETIC,
+        "trainer.max_epochs=1",
+        "data.image_size=40,16",
+        tmp_path=tmp_path,
+    )
     assert done.returncode != 0  # the sweep reports the failure at its end
     (failed,) = sweep.glob("0_*")
     (finished,) = sweep.glob("1_*")
@@ -166,8 +229,16 @@ def test_a_test_folder_without_abnormal_images_reports_undefined_auroc(tmp_path,
     root = tmp_path / "parts"
     shutil.copytree(parts_folder / "train", root / "train")
     shutil.copytree(parts_folder / "test" / "good", root / "test" / "good")
-    done = run_cli(*TINY, "data=folder", f"data.root={root}", "data.channels=1", "data.image_size=16",
-                   "data.batch_size=4", "trainer.max_epochs=1", tmp_path=tmp_path)
+    done = run_cli(
+        *TINY,
+        "data=folder",
+        f"data.root={root}",
+        "data.channels=1",
+        "data.image_size=16",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        tmp_path=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "AUROC/AUPRC will be undefined" in done.stdout + done.stderr
     _, metrics, _ = results(tmp_path)
@@ -179,9 +250,18 @@ def test_ddp_on_two_cpu_processes_scores_each_test_image_once(tmp_path, on_devic
     """on_device: Lightning's distributed sampler, or our own split of each epoch; collapse: D "collapses"
     at every batch, and the ranks decide together to restart it (a collective at every look)."""
     restart = ["model.d_collapse_loss=1e9", "model.d_collapse_check_interval=1"] if collapse else []
-    done = run_cli(*TINY, *SYNTHETIC, "data.n_test_normal=9", "trainer.max_epochs=1", "trainer.accelerator=cpu",
-                   "trainer.devices=2", "trainer.strategy=ddp_find_unused_parameters_true", f"data.on_device={on_device}",
-                   *restart, tmp_path=tmp_path)
+    done = run_cli(
+        *TINY,
+        *SYNTHETIC,
+        "data.n_test_normal=9",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp_find_unused_parameters_true",
+        f"data.on_device={on_device}",
+        *restart,
+        tmp_path=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert not collapse or "discriminator collapsed" in done.stdout + done.stderr
     _, metrics, rows = results(tmp_path)
@@ -199,10 +279,21 @@ def test_the_one_gpu_paper_script_runs_with_a_tiny_budget_on_cpu(tmp_path, cifar
 
     sweep = tmp_path / "sweep"
     env = os.environ | {"WANDB_MODE": "disabled", "PYTHON": sys.executable, "SWEEP_DIR": str(sweep)}
-    overrides = [*TINY, "trainer.accelerator=cpu", "trainer.max_epochs=1", "data.cache_dir=null",
-                 "anomaly_class=horse,ship"]
-    done = subprocess.run([str(REPO / "scripts" / "paper_on_one_gpu.sh"), str(cifar_folder), *overrides],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    overrides = [
+        *TINY,
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "data.cache_dir=null",
+        "anomaly_class=horse,ship",
+    ]
+    done = subprocess.run(
+        [str(REPO / "scripts" / "paper_on_one_gpu.sh"), str(cifar_folder), *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "wall time:" in done.stdout and "Table 1" in done.stdout
     runs = sorted(sweep.glob("*_fned_*"))
@@ -224,9 +315,13 @@ def test_the_slurm_launcher_asks_for_one_gpu_per_run(tmp_path, monkeypatch):
     launcher = compose_config("hydra/launcher=slurm", "hydra.launcher.partition=gpu", return_hydra=True).hydra.launcher
     executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm", slurm_max_num_timeout=launcher.max_num_timeout)
     shared = set(OmegaConf.structured(BaseQueueConf).keys())  # as hydra-submitit-launcher passes them on
-    executor.update_parameters(**{key if key in shared else f"slurm_{key}": value
-                                  for key, value in OmegaConf.to_container(launcher).items()
-                                  if key not in {"_target_", "submitit_folder", "max_num_timeout"}})
+    executor.update_parameters(
+        **{
+            key if key in shared else f"slurm_{key}": value
+            for key, value in OmegaConf.to_container(launcher).items()
+            if key not in {"_target_", "submitit_folder", "max_num_timeout"}
+        }
+    )
     sbatch = executor._executor._make_submission_file_text("python -m fned_lightning.train", "0")
     for line in ("--gpus-per-node=1", "--ntasks-per-node=1", "--nodes=1", "--partition=gpu", "--cpus-per-task=8"):
         assert f"#SBATCH {line}\n" in sbatch
@@ -250,10 +345,18 @@ def test_the_gpu_experiments_share_one_set_of_gpu_settings():
     from tests.conftest import compose_config
 
     gpu = compose_config("experiment=gpu", "anomaly_class=horse")
-    assert gpu.trainer.precision == "bf16-mixed" and gpu.data.on_device and gpu.callbacks.progress_bar.refresh_rate == 50
+    assert (
+        gpu.trainer.precision == "bf16-mixed" and gpu.data.on_device and gpu.callbacks.progress_bar.refresh_rate == 50
+    )
     assert gpu.callbacks.speedups.cudnn_benchmark and gpu.callbacks.speedups.matmul_precision == "high"
     for experiment in ("cifar10_gpu", "cifar10_paper"):
         cfg = compose_config(f"experiment={experiment}", "anomaly_class=horse")
-        for key in ("data.on_device", "data.eval_batch_size", "trainer.accelerator", "trainer.precision",
-                    "callbacks.speedups", "callbacks.progress_bar"):
+        for key in (
+            "data.on_device",
+            "data.eval_batch_size",
+            "trainer.accelerator",
+            "trainer.precision",
+            "callbacks.speedups",
+            "callbacks.progress_bar",
+        ):
             assert OmegaConf.select(cfg, key) == OmegaConf.select(gpu, key), (experiment, key)

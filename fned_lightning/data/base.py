@@ -34,11 +34,11 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
 class LoadedData(NamedTuple):
     """What a source's `load()` gives: images uint8 N x C x S x S, masks as `InMemoryImages` holds them."""
 
-    train: torch.Tensor               # the normal training images (validation is split from them)
-    test: torch.Tensor                # the test images
-    test_labels: torch.Tensor         # 0 normal, 1 abnormal
-    test_names: list[str]             # a path or an index, for scores.csv
-    test_masks: torch.Tensor | None   # ground truth, where the source has it
+    train: torch.Tensor  # the normal training images (validation is split from them)
+    test: torch.Tensor  # the test images
+    test_labels: torch.Tensor  # 0 normal, 1 abnormal
+    test_names: list[str]  # a path or an index, for scores.csv
+    test_masks: torch.Tensor | None  # ground truth, where the source has it
 
 
 class InMemoryImages(Dataset):
@@ -47,8 +47,13 @@ class InMemoryImages(Dataset):
     image without its mask (read by index at test: batches stay (images, labels, index)). `from_test`,
     in a validation split with data.val_defects: True for the images moved there from the test set."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor | None = None,
-                 from_test: torch.Tensor | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        from_test: torch.Tensor | None = None,
+    ):
         self.images, self.labels, self.masks = images, labels, masks
         self.from_test = from_test if from_test is not None else torch.zeros(len(images), dtype=torch.bool)
 
@@ -64,13 +69,21 @@ class InMemoryImages(Dataset):
 
     def to(self, device: torch.device) -> "InMemoryImages":
         """Images, labels and masks moved together (data.on_device), in place."""
-        self.images, self.labels, self.from_test = self.images.to(device), self.labels.to(device), self.from_test.to(device)
+        self.images, self.labels, self.from_test = (
+            self.images.to(device),
+            self.labels.to(device),
+            self.from_test.to(device),
+        )
         self.masks = self.masks.to(device) if self.masks is not None else None
         return self
 
     def subset(self, index: torch.Tensor) -> "InMemoryImages":
-        return InMemoryImages(self.images[index], self.labels[index],
-                              self.masks[index] if self.masks is not None else None, self.from_test[index])
+        return InMemoryImages(
+            self.images[index],
+            self.labels[index],
+            self.masks[index] if self.masks is not None else None,
+            self.from_test[index],
+        )
 
 
 class EpochShuffle(Sampler):
@@ -93,8 +106,16 @@ class DeviceShuffledBatches:
     (from `epoch_seed(seed, epoch)`, so a run is reproducible and resumable), split evenly across DDP ranks, and
     the batches sliced there; no index crosses from the host."""
 
-    def __init__(self, dataset: InMemoryImages, batch_size: int, seed: int, epoch: Callable[[], int],
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True):
+    def __init__(
+        self,
+        dataset: InMemoryImages,
+        batch_size: int,
+        seed: int,
+        epoch: Callable[[], int],
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+    ):
         self.dataset, self.batch_size, self.seed, self.epoch = dataset, batch_size, seed, epoch
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.per_rank = len(dataset) // world_size
@@ -170,14 +191,18 @@ class AnomalyDataModule(L.LightningDataModule):
         if intensity not in INTENSITIES:  # checked here, for the data.* message; the model applies it (models.detector)
             raise InputError(f"unknown data.intensity={intensity}; choose one of: {', '.join(INTENSITIES)}")
         if paper_test_batches not in PAPER_TEST_BATCHES:
-            raise InputError(f"unknown data.paper_test_batches={paper_test_batches}; choose one of: {', '.join(PAPER_TEST_BATCHES)}")
+            raise InputError(
+                f"unknown data.paper_test_batches={paper_test_batches}; choose one of: {', '.join(PAPER_TEST_BATCHES)}"
+            )
         if channels not in (1, 3):
             raise InputError(f"data.channels must be 1 (grey) or 3 (colour), got {channels}")
         if not 0 <= val_fraction < 1:
             raise InputError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         self.root = Path(root).expanduser() if root is not None else None
         if self.root is not None and self.root.is_file():
-            raise InputError(f"data.root={self.root} is a file, not a folder: point it at the folder that holds train/ and test/")
+            raise InputError(
+                f"data.root={self.root} is a file, not a folder: point it at the folder that holds train/ and test/"
+            )
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.num_workers = val_fraction, split_seed, num_workers
@@ -202,7 +227,9 @@ class AnomalyDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.split_seed)
         order = torch.randperm(len(data.train), generator=generator)
         n_val = math.floor(len(data.train) * self.val_fraction)
-        self.train_set = InMemoryImages(data.train[order[n_val:]], torch.zeros(len(data.train) - n_val, dtype=torch.long))
+        self.train_set = InMemoryImages(
+            data.train[order[n_val:]], torch.zeros(len(data.train) - n_val, dtype=torch.long)
+        )
         self.val_set = InMemoryImages(data.train[order[:n_val]], torch.zeros(n_val, dtype=torch.long))
         if self.synthetic_val_defects:
             self.val_set = with_painted_copies(self.val_set, self.split_seed)
@@ -214,7 +241,11 @@ class AnomalyDataModule(L.LightningDataModule):
             moved = self.moved_to_validation(test_set.labels)
             kept = torch.ones(len(test_set), dtype=torch.bool).index_fill_(0, moved, False).nonzero().flatten()
             self.val_names = [test_names[i] for i in moved.tolist()]
-            log.info("data.val_defects=%d: these test images validate instead: %s", self.val_defects, ", ".join(self.val_names))
+            log.info(
+                "data.val_defects=%d: these test images validate instead: %s",
+                self.val_defects,
+                ", ".join(self.val_names),
+            )
             real = test_set.subset(moved)
             real.from_test.fill_(True)
             self.val_set = mixed(self.val_set, real, generator)
@@ -227,16 +258,18 @@ class AnomalyDataModule(L.LightningDataModule):
         each stays in the test set."""
         counts = {label: int((test_labels == value).sum()) for value, label in enumerate(("normal", "abnormal"))}
         if min(counts.values()) <= self.val_defects:
-            raise InputError(f"data.val_defects={self.val_defects} needs more than {self.val_defects} normal and "
-                             f"abnormal test images, but the test set has {counts['normal']} normal and "
-                             f"{counts['abnormal']} abnormal: give a smaller data.val_defects")
+            raise InputError(
+                f"data.val_defects={self.val_defects} needs more than {self.val_defects} normal and "
+                f"abnormal test images, but the test set has {counts['normal']} normal and "
+                f"{counts['abnormal']} abnormal: give a smaller data.val_defects"
+            )
         return torch.cat([(test_labels == value).nonzero().flatten()[: self.val_defects] for value in (0, 1)])
 
     def intensity_reference(self) -> tuple[float, float]:
         """The mean, over the normal training images, of each image's mean and of its standard
         deviation, in [-1, 1]: what data.intensity=per_image maps every image to."""
         moments = [image_moments(to_model_range(chunk)) for chunk in self.train_set.images.split(1024)]
-        return tuple(torch.cat(parts).mean().item() for parts in zip(*moments))
+        return tuple(torch.cat(parts).mean().item() for parts in zip(*moments, strict=True))
 
     def split_sizes(self) -> dict[str, int]:
         labels, val, from_test = self.test_set.labels, self.val_set, self.val_set.from_test
@@ -245,21 +278,31 @@ class AnomalyDataModule(L.LightningDataModule):
             "n_train": len(self.train_set),
             "n_val": int((~from_test).sum()) - painted,  # normal images held out of training
             **({"n_val_painted": painted} if self.synthetic_val_defects else {}),
-            **({"n_val_real_normal": int((from_test & (val.labels == 0)).sum()),
-                "n_val_real_abnormal": int((from_test & (val.labels == 1)).sum())} if self.val_defects else {}),
+            **(
+                {
+                    "n_val_real_normal": int((from_test & (val.labels == 0)).sum()),
+                    "n_val_real_abnormal": int((from_test & (val.labels == 1)).sum()),
+                }
+                if self.val_defects
+                else {}
+            ),
             "n_test": len(self.test_set),
             "n_test_normal": int((labels == 0).sum()),
             "n_test_abnormal": int((labels == 1).sum()),
         }
 
-    def _loader(self, dataset: InMemoryImages, batch_size: int, train: bool = False, order: list[int] | None = None) -> DataLoader:
+    def _loader(
+        self, dataset: InMemoryImages, batch_size: int, train: bool = False, order: list[int] | None = None
+    ) -> DataLoader:
         trainer = self.trainer
         shuffle = train and trainer is not None  # with a trainer: each epoch's order from the run's seed and the epoch
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=train and not shuffle,
-            sampler=EpochShuffle(len(dataset), torch.initial_seed(), lambda: trainer.current_epoch) if shuffle else order,
+            sampler=EpochShuffle(len(dataset), torch.initial_seed(), lambda: trainer.current_epoch)
+            if shuffle
+            else order,
             drop_last=train and len(dataset) > batch_size and self.drop_ragged_batch(),
             collate_fn=already_batched,
             num_workers=self.num_workers,
@@ -281,9 +324,15 @@ class AnomalyDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader | DeviceShuffledBatches:
         if self.on_device and self.trainer is not None:
             trainer = self.trainer
-            return DeviceShuffledBatches(self.train_set, self.batch_size, seed=torch.initial_seed(),  # the run's seed, as set by train.py
-                                         epoch=lambda: trainer.current_epoch, rank=trainer.global_rank,
-                                         world_size=trainer.world_size, drop_last=self.drop_ragged_batch())
+            return DeviceShuffledBatches(
+                self.train_set,
+                self.batch_size,
+                seed=torch.initial_seed(),  # the run's seed, as set by train.py
+                epoch=lambda: trainer.current_epoch,
+                rank=trainer.global_rank,
+                world_size=trainer.world_size,
+                drop_last=self.drop_ragged_batch(),
+            )
         return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -291,7 +340,9 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         model = self.trainer.lightning_module if self.trainer is not None else None
-        if getattr(model, "protocol", None) == "paper":  # the paper's test, after fit: batched as the anchors batched it
+        if (
+            getattr(model, "protocol", None) == "paper"
+        ):  # the paper's test, after fit: batched as the anchors batched it
             return self.paper_test_dataloader()
         return self._loader(self.test_set, self.eval_batch_size)
 
@@ -324,15 +375,22 @@ def with_painted_copies(normal: InMemoryImages, seed: int) -> InMemoryImages:
 def mixed(first: InMemoryImages, second: InMemoryImages, generator: torch.Generator) -> InMemoryImages:
     """Two sets as one, in a seeded order that mixes them (so that `limit_val_batches` draws from both);
     where only one has masks, the other's are 0 for its normal images and MASK_UNKNOWN for its abnormal ones."""
+
     def masks_of(part: InMemoryImages) -> torch.Tensor:
         if part.masks is not None:
             return part.masks
         unknown = torch.full(part.images.shape[:1] + part.images.shape[2:], MASK_UNKNOWN, dtype=torch.int8)
         return unknown.masked_fill_((part.labels == 0)[:, None, None], 0)
 
-    masks = torch.cat([masks_of(first), masks_of(second)]) if first.masks is not None or second.masks is not None else None
-    joined = InMemoryImages(torch.cat([first.images, second.images]), torch.cat([first.labels, second.labels]), masks,
-                            torch.cat([first.from_test, second.from_test]))
+    masks = (
+        torch.cat([masks_of(first), masks_of(second)]) if first.masks is not None or second.masks is not None else None
+    )
+    joined = InMemoryImages(
+        torch.cat([first.images, second.images]),
+        torch.cat([first.labels, second.labels]),
+        masks,
+        torch.cat([first.from_test, second.from_test]),
+    )
     return joined.subset(torch.randperm(len(joined.images), generator=generator))
 
 

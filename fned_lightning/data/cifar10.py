@@ -22,7 +22,9 @@ def resolve_cifar10_class(name: str) -> str:
     """A CIFAR-10 class name or the paper's alias, checked; the error lists the valid names."""
     valid = ", ".join(CIFAR10_CLASSES)
     if name is None:
-        raise InputError(f"data=cifar10 needs an anomaly class, e.g. anomaly_class=horse; choose one of: {valid} (or plane, car)")
+        raise InputError(
+            f"data=cifar10 needs an anomaly class, e.g. anomaly_class=horse; choose one of: {valid} (or plane, car)"
+        )
     resolved = CIFAR10_ALIASES.get(str(name).lower(), str(name).lower())
     if resolved not in CIFAR10_CLASSES:
         raise InputError(f"unknown anomaly_class {name!r}; choose one of: {valid} (or plane, car)")
@@ -38,7 +40,9 @@ class CIFAR10OneClass(AnomalyDataModule):
     an image-folder copy `train/<class>/*`, `test/<class>/*`.
     """
 
-    ANCHORS_SORT_TEST_BY_LABEL = True  # the anchors' CIFAR-10 test loader: normal test images, then the anomaly class, unshuffled
+    ANCHORS_SORT_TEST_BY_LABEL = (
+        True  # the anchors' CIFAR-10 test loader: normal test images, then the anomaly class, unshuffled
+    )
 
     def __init__(self, root: str, anomaly_class: str, download: bool = True, cache_dir: str | None = None, **kwargs):
         super().__init__(root=root, **kwargs)
@@ -58,9 +62,9 @@ class CIFAR10OneClass(AnomalyDataModule):
         normal_test, abnormal_test = test_classes != anomaly, test_classes == anomaly
         images, labels = labelled(test[normal_test], torch.cat([train[abnormal_train], test[abnormal_test]]))
         names = (
-            [n for n, keep in zip(test_names, normal_test.tolist()) if keep]
-            + [n for n, keep in zip(train_names, abnormal_train.tolist()) if keep]
-            + [n for n, keep in zip(test_names, abnormal_test.tolist()) if keep]
+            [n for n, keep in zip(test_names, normal_test.tolist(), strict=True) if keep]
+            + [n for n, keep in zip(train_names, abnormal_train.tolist(), strict=True) if keep]
+            + [n for n, keep in zip(test_names, abnormal_test.tolist(), strict=True) if keep]
         )
         return LoadedData(train[normal_train], images, labels, names, None)
 
@@ -87,7 +91,7 @@ class CIFAR10OneClass(AnomalyDataModule):
                 f"`make cifar10` (which runs `tar -xzf ../shared/datasets/cifar10-jpeg.tar.gz -C data/cifar10`)."
             ) from error
         out = []
-        for split_name, split in zip(("train", "test"), splits):
+        for split_name, split in zip(("train", "test"), splits, strict=True):
             images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()
             classes = torch.as_tensor(split.targets)
             names = [f"{split_name}/{CIFAR10_CLASSES[c]}/{i:05d}" for i, c in enumerate(split.targets)]
@@ -96,9 +100,16 @@ class CIFAR10OneClass(AnomalyDataModule):
 
     def read_image_folder_copy(self):
         """Decode `train/<class>/*` and `test/<class>/*` once; cache the uint8 tensors if `cache_dir` is set."""
-        layout = "Expected the CIFAR-10 folder layout train/<class>/*.jpg and test/<class>/*.jpg, classes " + ", ".join(CIFAR10_CLASSES)
-        files = {split: [list_images(self.root / split / name, layout) for name in CIFAR10_CLASSES] for split in ("train", "test")}
-        key = hashlib.sha1("\n".join(str(p.resolve()) for split in files.values() for c in split for p in c).encode()).hexdigest()[:16]
+        layout = "Expected the CIFAR-10 folder layout train/<class>/*.jpg and test/<class>/*.jpg, classes " + ", ".join(
+            CIFAR10_CLASSES
+        )
+        files = {
+            split: [list_images(self.root / split / name, layout) for name in CIFAR10_CLASSES]
+            for split in ("train", "test")
+        }
+        key = hashlib.sha1(
+            "\n".join(str(p.resolve()) for split in files.values() for c in split for p in c).encode()
+        ).hexdigest()[:16]
         cache = self.cache_dir / f"cifar10-{key}.pt" if self.cache_dir else None
         if cache is not None and cache.exists():
             return torch.load(cache)

@@ -69,6 +69,9 @@ class ImageFolderAnomaly(AnomalyDataModule):
             mask = resize(read_image(mask_path, channels=1), size, interpolation=InterpolationMode.NEAREST)
             masks[i] = (mask[0] > 127).to(torch.int8)
         if missing:
-            log.warning("%d defect images have no ground-truth mask and are left out of the pixel metrics; expected: %s",
-                        len(missing), ", ".join(missing))
+            log.warning(
+                "%d defect images have no ground-truth mask and are left out of the pixel metrics; expected: %s",
+                len(missing),
+                ", ".join(missing),
+            )
         return masks

@@ -20,7 +20,9 @@ DECODED_BY_TORCHVISION = {".png", ".jpg", ".jpeg", ".webp", ".gif"}  # fast, in 
 _NOT_RASTER = {".bufr", ".grib", ".h5", ".hdf", ".eps", ".ps", ".wmf", ".emf", ".mpeg", ".mpg"}  # stubs, vector, video
 Image.init()
 IMAGE_SUFFIXES = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN} - _NOT_RASTER
-READABLE = ".png, .jpg, .bmp, .tif/.tiff (8 or 16 bit), .webp, .gif, .pgm/.ppm and every other raster format Pillow reads"
+READABLE = (
+    ".png, .jpg, .bmp, .tif/.tiff (8 or 16 bit), .webp, .gif, .pgm/.ppm and every other raster format Pillow reads"
+)
 
 
 def suffixes_of(files: Sequence[Path]) -> str:
@@ -35,8 +37,13 @@ def list_images(folder: Path, expected_layout: str) -> list[Path]:
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
-        log.warning("skipped %d files in %s that are not images (%s; readable: %s)", len(others), folder,
-                    suffixes_of(others), READABLE)
+        log.warning(
+            "skipped %d files in %s that are not images (%s; readable: %s)",
+            len(others),
+            folder,
+            suffixes_of(others),
+            READABLE,
+        )
     if not images:
         found = f"found only {suffixes_of(files)} files" if files else "it is empty"
         raise InputError(f"no images in {folder}: {found}; readable: {READABLE}.\n{expected_layout}")
@@ -59,7 +66,9 @@ def read_with_pillow(path: Path, channels: int) -> torch.Tensor:
     with Image.open(path) as image:
         if image.mode.startswith("I") or image.mode == "F":  # 16-bit (or integer / float) grey: scale, not clip
             values = np.asarray(image, dtype=np.float64)
-            full_scale = 1.0 if image.mode == "F" and values.max() <= 1 else 65535.0 if values.max() <= 65535 else values.max()
+            full_scale = (
+                1.0 if image.mode == "F" and values.max() <= 1 else 65535.0 if values.max() <= 65535 else values.max()
+            )
             grey = torch.from_numpy(np.clip(np.round(values / full_scale * 255), 0, 255).astype(np.uint8))[None]
             return grey.expand(channels, -1, -1).contiguous()
         converted = np.asarray(image.convert("L" if channels == 1 else "RGB"))
@@ -87,7 +96,14 @@ def load_images(paths: Sequence[Path], channels: int, image_size: int) -> torch.
     small = [size for size in sizes if min(size) * FAR_SMALLER < image_size]
     if small:
         height, width = min(small, key=min)
-        log.warning("%d of %d images in %s are far smaller than data.image_size=%d (the smallest %d x %d): they are "
-                    "blown up and carry little detail; check the folder, or lower data.image_size", len(small),
-                    len(sizes), Path(paths[0]).parent, image_size, width, height)
+        log.warning(
+            "%d of %d images in %s are far smaller than data.image_size=%d (the smallest %d x %d): they are "
+            "blown up and carry little detail; check the folder, or lower data.image_size",
+            len(small),
+            len(sizes),
+            Path(paths[0]).parent,
+            image_size,
+            width,
+            height,
+        )
     return images

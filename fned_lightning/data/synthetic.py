@@ -12,30 +12,41 @@ class SyntheticParts(AnomalyDataModule):
     """Procedurally drawn washers (a textured ring, slightly jittered), and the same with a defect:
     a scratch across the ring, a dent, or a missing wedge. No files needed: the offline demo."""
 
-    def __init__(self, n_train: int = 1024, n_test_normal: int = 128, n_test_abnormal: int = 128, seed: int = 0, **kwargs):
+    def __init__(
+        self, n_train: int = 1024, n_test_normal: int = 128, n_test_abnormal: int = 128, seed: int = 0, **kwargs
+    ):
         super().__init__(**kwargs)
         check_number("data.n_train", n_train, 2, integer=True)  # at least one to train on after the validation split
         check_number("data.n_test_normal", n_test_normal, 0, integer=True)
         check_number("data.n_test_abnormal", n_test_abnormal, 0, integer=True)
         check_number("data.seed", seed, 0, 2**63 - 1, integer=True)
-        self.n_train, self.n_test_normal, self.n_test_abnormal, self.seed = n_train, n_test_normal, n_test_abnormal, seed
+        self.n_train, self.n_test_normal, self.n_test_abnormal, self.seed = (
+            n_train,
+            n_test_normal,
+            n_test_abnormal,
+            seed,
+        )
 
     def load(self):
         generator = torch.Generator().manual_seed(self.seed)
         train, _ = draw_parts(self.n_train, self.image_size, self.channels, generator)
         normal, normal_masks = draw_parts(self.n_test_normal, self.image_size, self.channels, generator)
-        abnormal, defect_masks = draw_parts(self.n_test_abnormal, self.image_size, self.channels, generator, defective=True)
+        abnormal, defect_masks = draw_parts(
+            self.n_test_abnormal, self.image_size, self.channels, generator, defective=True
+        )
         images, labels = labelled(normal, abnormal)
         names = [f"synthetic/normal/{i:04d}" for i in range(len(normal))]
         names += [f"synthetic/defect/{i:04d}" for i in range(len(abnormal))]
         return LoadedData(train, images, labels, names, torch.cat([normal_masks, defect_masks]))
 
 
-def draw_parts(n: int, size: int, channels: int, generator: torch.Generator,
-               defective: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_parts(
+    n: int, size: int, channels: int, generator: torch.Generator, defective: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(n uint8 images N x channels x size x size, their int8 masks N x size x size: the painted pixels)."""
+
     def uniform(low: float, high: float) -> torch.Tensor:
-        return (low + (high - low) * torch.rand(n, 1, 1, generator=generator))
+        return low + (high - low) * torch.rand(n, 1, 1, generator=generator)
 
     axis = torch.linspace(-1, 1, size)
     y, x = torch.meshgrid(axis, axis, indexing="ij")

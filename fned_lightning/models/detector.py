@@ -12,7 +12,6 @@ import torch
 from fned_lightning.errors import InputError, check_number
 from fned_lightning.models.intensity import INTENSITIES, image_moments, match_intensity
 from fned_lightning.protocols import check_protocol
-from fned_lightning.seeding import epoch_seed
 from fned_lightning.scoring import (
     defect_residual_ratio,
     evaluate,
@@ -23,6 +22,7 @@ from fned_lightning.scoring import (
     shift_check,
     upper_quantile,
 )
+from fned_lightning.seeding import epoch_seed
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,15 @@ IMAGE_SCORES = ("paper", "map_max", "map_filtered_max")  # the paper's (each mod
 class Detection(NamedTuple):
     """What a detector gives for a batch of images."""
 
-    scores: torch.Tensor            # N: the image score chosen by `image_score`
-    maps: torch.Tensor              # N x H x W: the anomaly map, at the input's resolution
-    x_fake: torch.Tensor | None     # N x C x H x W: reconstructions, in the image's own intensity (None: no reconstruction)
-    paper_scores: torch.Tensor      # N: the model's own score (its paper's), whichever `image_score` is chosen
-    residuals: torch.Tensor | None  # N x H x W: the raw residual |x - x_fake|, before smoothing (the shortcut diagnostic's)
+    scores: torch.Tensor  # N: the image score chosen by `image_score`
+    maps: torch.Tensor  # N x H x W: the anomaly map, at the input's resolution
+    x_fake: (
+        torch.Tensor | None
+    )  # N x C x H x W: reconstructions, in the image's own intensity (None: no reconstruction)
+    paper_scores: torch.Tensor  # N: the model's own score (its paper's), whichever `image_score` is chosen
+    residuals: (
+        torch.Tensor | None
+    )  # N x H x W: the raw residual |x - x_fake|, before smoothing (the shortcut diagnostic's)
 
 
 def check_optimiser(lr_options: dict[str, float], betas) -> None:
@@ -60,23 +64,32 @@ def each_image_once(index: torch.Tensor) -> torch.Tensor:
 class Scored(NamedTuple):
     """A split's results by name, batch by batch and then gathered: per image, then per pixel."""
 
-    scores: torch.Tensor        # N: the image score chosen by `image_score`
+    scores: torch.Tensor  # N: the image score chosen by `image_score`
     paper_scores: torch.Tensor  # N: the paper's score
-    map_scores: torch.Tensor    # N: the anomaly map's maximum
-    labels: torch.Tensor        # N: 0 normal, 1 abnormal
-    index: torch.Tensor         # N: each image's position in its split (its mask, its name)
-    maps: torch.Tensor          # N x H x W, or empty where nothing compares or fits on pixels
-    residuals: torch.Tensor     # N x H x W, or empty where no mask is known
+    map_scores: torch.Tensor  # N: the anomaly map's maximum
+    labels: torch.Tensor  # N: 0 normal, 1 abnormal
+    index: torch.Tensor  # N: each image's position in its split (its mask, its name)
+    maps: torch.Tensor  # N x H x W, or empty where nothing compares or fits on pixels
+    residuals: torch.Tensor  # N x H x W, or empty where no mask is known
 
 
 PER_PIXEL = ("maps", "residuals")
 
 
-def scored(detection: Detection, labels: torch.Tensor, index: torch.Tensor, keep_maps: bool, keep_residuals: bool) -> Scored:
+def scored(
+    detection: Detection, labels: torch.Tensor, index: torch.Tensor, keep_maps: bool, keep_residuals: bool
+) -> Scored:
     none = slice(0)  # kept only where they are used: the maps are the largest part
     residuals = detection.residuals if detection.residuals is not None else detection.maps[none]
-    return Scored(detection.scores, detection.paper_scores, detection.maps.flatten(1).amax(1), labels, index,
-                  detection.maps[slice(None) if keep_maps else none], residuals[slice(None) if keep_residuals else none])
+    return Scored(
+        detection.scores,
+        detection.paper_scores,
+        detection.maps.flatten(1).amax(1),
+        labels,
+        index,
+        detection.maps[slice(None) if keep_maps else none],
+        residuals[slice(None) if keep_residuals else none],
+    )
 
 
 def residual_ratio(residuals: torch.Tensor, masks: torch.Tensor) -> float | None:
@@ -85,9 +98,12 @@ def residual_ratio(residuals: torch.Tensor, masks: torch.Tensor) -> float | None
 
 
 def by_image_score(paper_scores: torch.Tensor, map_scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """AUROC and AUPRC by each image score (`*_score_paper`, `*_score_map_max`): the two compared on the same weights."""
-    return {f"{metric}_score_{name}": value for name, scores in (("paper", paper_scores), ("map_max", map_scores))
-            for metric, value in ranking_metrics(scores, labels).items()}
+    """AUROC and AUPRC by each image score (`*_score_paper`, `*_score_map_max`), compared on the same weights."""
+    return {
+        f"{metric}_score_{name}": value
+        for name, scores in (("paper", paper_scores), ("map_max", map_scores))
+        for metric, value in ranking_metrics(scores, labels).items()
+    }
 
 
 class AnomalyDetector(L.LightningModule):
@@ -105,13 +121,20 @@ class AnomalyDetector(L.LightningModule):
     test, predict and the exported model all see the same: a lighting drift is not an anomaly.
 
     Every `forward` also gives anomaly maps (a reconstruction model's smoothed residual, a feature model's
-    distance map: each family's `detect`). `image_score` chooses the image score: the model's own (`paper`, default), the
-    map's maximum, or the maximum of the mean-filtered map (DRAEM's); the first two are reported at test. Validation
+    distance map: each family's `detect`). `image_score` chooses the image score: the model's own (`paper`, default),
+    the map's maximum, or the maximum of the mean-filtered map (DRAEM's); the first two are reported at test. Validation
     also fits `pixel_threshold`, the map value that `false_positive_rate` of normal pixels exceed.
     """
 
-    def __init__(self, threshold: float = 0.2, protocol: str = "honest", false_positive_rate: float = 0.05,
-                 intensity: str = "none", map_sigma: float = 4.0, image_score: str = "paper"):
+    def __init__(
+        self,
+        threshold: float = 0.2,
+        protocol: str = "honest",
+        false_positive_rate: float = 0.05,
+        intensity: str = "none",
+        map_sigma: float = 4.0,
+        image_score: str = "paper",
+    ):
         super().__init__()
         check_protocol(protocol)
         check_number("model.threshold", threshold, 0, 1)
@@ -132,7 +155,8 @@ class AnomalyDetector(L.LightningModule):
         self._val_batches: list[Scored] = []
         self._test_batches: list[Scored] = []
         self.test_results: dict | None = None
-        self.val_results: dict = {}  # data.synthetic_val_defects, data.val_defects: the last validation's defect metrics
+        # data.synthetic_val_defects, data.val_defects: the last validation's defect metrics
+        self.val_results: dict = {}
 
     display_name: str | None = None  # in reports; None: the class's name
     pretrained = False  # whether it sees through a network trained on other images (ImageNet), marked † in reports
@@ -150,7 +174,9 @@ class AnomalyDetector(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.run_seed = torch.initial_seed()  # the run's seed: train.py seeds before it builds anything
-        if self.intensity == "per_image" and torch.isnan(self.intensity_std):  # not when resuming: kept in the checkpoint
+        if self.intensity == "per_image" and torch.isnan(
+            self.intensity_std
+        ):  # not when resuming: kept in the checkpoint
             mean, std = self.trainer.datamodule.intensity_reference()
             self.intensity_mean.fill_(mean)
             self.intensity_std.fill_(std)
@@ -202,7 +228,9 @@ class AnomalyDetector(L.LightningModule):
         return min_max_normalise(scores, self.score_min.item(), self.score_max.item())
 
     def on_train_epoch_end(self) -> None:
-        optimizers = [o for o in self.trainer.optimizers if o.param_groups]  # Lightning's stand-in for none has no groups
+        optimizers = [
+            o for o in self.trainer.optimizers if o.param_groups
+        ]  # Lightning's stand-in for none has no groups
         if optimizers:  # a model fitted without an optimiser (models.features) has no rate
             self.log("train/lr", optimizers[0].param_groups[0]["lr"])  # the rate this epoch used
         schedulers = self.lr_schedulers()
@@ -216,7 +244,9 @@ class AnomalyDetector(L.LightningModule):
 
     def gather(self, batches: list[Scored]) -> Scored:
         """One split's batches joined, gathered across ranks (ranks x N x ... -> N x ...), each image once."""
-        joined = {name: self.all_gather(torch.cat([getattr(batch, name) for batch in batches])) for name in Scored._fields}
+        joined = {
+            name: self.all_gather(torch.cat([getattr(batch, name) for batch in batches])) for name in Scored._fields
+        }
         batches.clear()
         flat = {name: part.flatten(0, -3) if name in PER_PIXEL else part.flatten() for name, part in joined.items()}
         once = each_image_once(flat["index"])
@@ -228,16 +258,25 @@ class AnomalyDetector(L.LightningModule):
         normal = labels == 0  # only normal images fit the normalisation and the thresholds
         if (~normal).any():
             self.val_results = self.validation_defect_metrics(val)
-            self.log_dict({k.replace("val_", "val/", 1): float(v) for k, v in self.val_results.items() if v is not None},
-                          rank_zero_only=True)
+            self.log_dict(
+                {k.replace("val_", "val/", 1): float(v) for k, v in self.val_results.items() if v is not None},
+                rank_zero_only=True,
+            )
         scores, maps = scores[normal], maps[normal]
         self.score_min.fill_(scores.min())
         self.score_max.fill_(scores.max())
         self.score_threshold.fill_(torch.quantile(scores.float(), 1 - self.false_positive_rate))
         self.pixel_threshold.fill_(upper_quantile(maps, self.false_positive_rate))
-        self.log_dict({"val/score_mean": scores.mean(), "val/score_min": scores.min(), "val/score_max": scores.max(),
-                       "val/score_threshold": self.score_threshold, "val/pixel_threshold": self.pixel_threshold},
-                      rank_zero_only=True)  # gathered: the same on every rank
+        self.log_dict(
+            {
+                "val/score_mean": scores.mean(),
+                "val/score_min": scores.min(),
+                "val/score_max": scores.max(),
+                "val/score_threshold": self.score_threshold,
+                "val/pixel_threshold": self.pixel_threshold,
+            },
+            rank_zero_only=True,
+        )  # gathered: the same on every rank
 
     def validation_defect_metrics(self, val: Scored) -> dict[str, float]:
         """How well the model finds the validation split's defects, every epoch: those painted on its normal
@@ -288,10 +327,13 @@ class AnomalyDetector(L.LightningModule):
     def check_shift(self, normal_scores: torch.Tensor) -> dict:
         """Warn when the normal test images score unlike the normal validation images (scoring.shift_check)."""
         val_set = getattr(self.trainer.datamodule, "val_set", None)
-        check = shift_check(normal_scores.float().cpu(), self.score_threshold.item(),
-                            (self.score_min.item(), self.score_max.item()),
-                            int((val_set.labels == 0).sum()) if val_set else 0,
-                            self.false_positive_rate)
+        check = shift_check(
+            normal_scores.float().cpu(),
+            self.score_threshold.item(),
+            (self.score_min.item(), self.score_max.item()),
+            int((val_set.labels == 0).sum()) if val_set else 0,
+            self.false_positive_rate,
+        )
         if check["normal_test_shifted"]:
             log.warning(
                 "the normal test images score unlike the normal validation images: %.0f%% of these %d exceed the "
@@ -299,9 +341,13 @@ class AnomalyDetector(L.LightningModule):
                 "every validation image. They differ from the training images (lighting, camera, a different part?), "
                 "and decisions on them cannot be trusted, whatever the AUROC. %s normal images taken under the test "
                 "conditions (docs/lighting_and_shift.md).",
-                100 * check["normal_test_over_threshold"], len(normal_scores), 100 * self.false_positive_rate,
-                100 * check["normal_test_below_val_min"], 100 * check["normal_test_above_val_max"],
-                "Try data.intensity=per_image, or train on" if self.intensity == "none" else "Train on")
+                100 * check["normal_test_over_threshold"],
+                len(normal_scores),
+                100 * self.false_positive_rate,
+                100 * check["normal_test_below_val_min"],
+                100 * check["normal_test_above_val_max"],
+                "Try data.intensity=per_image, or train on" if self.intensity == "none" else "Train on",
+            )
         return check
 
     def test_step(self, batch, batch_idx: int) -> None:
@@ -314,7 +360,9 @@ class AnomalyDetector(L.LightningModule):
         scores, labels = test.scores, test.labels
         fitted = self.protocol != "paper" and not torch.isnan(self.score_min)
         metrics = evaluate(
-            scores, labels, self.threshold,
+            scores,
+            labels,
+            self.threshold,
             fitted_range=(self.score_min.item(), self.score_max.item()) if fitted else None,
             calibrated_threshold=self.score_threshold.item() if fitted else None,
         )
@@ -332,5 +380,10 @@ class AnomalyDetector(L.LightningModule):
             metrics["defect_residual_ratio"] = residual_ratio(test.residuals, masks)
         prefix = "test_paper/" if self.protocol == "paper" else "test/"  # never the same keys for both evaluations
         self.log_dict({prefix + k: v for k, v in metrics.items() if isinstance(v, float)}, rank_zero_only=True)
-        self.test_results = {"metrics": metrics, "scores": scores.cpu(), "labels": labels.cpu(), "index": test.index.cpu(),
-                             "maps": test.maps.cpu() if masks is not None else None}
+        self.test_results = {
+            "metrics": metrics,
+            "scores": scores.cpu(),
+            "labels": labels.cpu(),
+            "index": test.index.cpu(),
+            "maps": test.maps.cpu() if masks is not None else None,
+        }

@@ -44,14 +44,26 @@ class FeatureDetector(AnomalyDetector):
     pretrained = True
     drop_ragged_batch = False  # the fit reads every normal image; the frozen backbone's BatchNorm does not mind
 
-    def __init__(self, backbone: str = LITE0, strides: tuple[int, ...] = (8, 16), neighbourhood: int = 1,
-                 threshold: float = 0.2, protocol: str = "honest", false_positive_rate: float = 0.05,
-                 intensity: str = "none", map_sigma: float = 4.0, image_score: str = "paper", backbone_weights: bool = True):
+    def __init__(
+        self,
+        backbone: str = LITE0,
+        strides: tuple[int, ...] = (8, 16),
+        neighbourhood: int = 1,
+        threshold: float = 0.2,
+        protocol: str = "honest",
+        false_positive_rate: float = 0.05,
+        intensity: str = "none",
+        map_sigma: float = 4.0,
+        image_score: str = "paper",
+        backbone_weights: bool = True,
+    ):
         super().__init__(threshold, protocol, false_positive_rate, intensity, map_sigma, image_score)
         if protocol != "honest":
-            raise InputError(f"{self.config_name()} is fitted in one pass over normal images, with no epochs to choose "
-                             f"among and no BatchNorm of its own to test in training mode: protocol={protocol} does not "
-                             f"apply; give protocol=honest")
+            raise InputError(
+                f"{self.config_name()} is fitted in one pass over normal images, with no epochs to choose "
+                f"among and no BatchNorm of its own to test in training mode: protocol={protocol} does not "
+                f"apply; give protocol=honest"
+            )
         check_number("model.neighbourhood", neighbourhood, 1, integer=True)
         if neighbourhood % 2 == 0:
             raise InputError(f"model.neighbourhood={neighbourhood} must be odd (a window centred on each patch)")
@@ -70,8 +82,10 @@ class FeatureDetector(AnomalyDetector):
 
     def check_epochs(self, max_epochs: int) -> None:
         if max_epochs != 1:
-            raise InputError(f"{self.config_name()} is fitted in one pass over the training images, with no optimiser: "
-                             f"trainer.max_epochs={max_epochs} does not apply; give trainer.max_epochs=1")
+            raise InputError(
+                f"{self.config_name()} is fitted in one pass over the training images, with no optimiser: "
+                f"trainer.max_epochs={max_epochs} does not apply; give trainer.max_epochs=1"
+            )
 
     def configure_optimizers(self):
         return None
@@ -92,8 +106,10 @@ class FeatureDetector(AnomalyDetector):
         size = stages[0].shape[-2:]
         if self.neighbourhood > 1:
             stages = [F.avg_pool2d(s, self.neighbourhood, stride=1, padding=self.neighbourhood // 2) for s in stages]
-        resized = [s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False)
-                   for s in stages]
+        resized = [
+            s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+            for s in stages
+        ]
         return torch.cat(resized, 1).float()
 
     def training_step(self, batch, batch_idx: int) -> None:
@@ -101,7 +117,9 @@ class FeatureDetector(AnomalyDetector):
             features = self.features(self.match_intensity(batch[0]))
             with exact_float32(features.device.type):  # the statistics in float32 (float64) always
                 self.accumulate(features)
-                if batch_idx + 1 == self.trainer.num_training_batches:  # before validation, which fits the normalisation
+                if (
+                    batch_idx + 1 == self.trainer.num_training_batches
+                ):  # before validation, which fits the normalisation
                     self.finish_fit()
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -123,8 +141,10 @@ class FeatureDetector(AnomalyDetector):
 
     def detect(self, seen: torch.Tensor):
         if not bool(getattr(self, self.FITTED[0]).numel()):
-            raise InputError(f"{self.config_name()} has not been fitted, so it cannot score images: fit it on the "
-                             f"training images first (one epoch, trainer.limit_train_batches above 0)")
+            raise InputError(
+                f"{self.config_name()} has not been fitted, so it cannot score images: fit it on the "
+                f"training images first (one epoch, trainer.limit_train_batches above 0)"
+            )
         features = self.features(seen)
         with exact_float32(features.device.type):  # distances and maps in float32 whatever the precision
             patch_maps, scores = self.distances(features)
@@ -136,9 +156,11 @@ class FeatureDetector(AnomalyDetector):
         return self.map_sigma * int(image_size) / SIGMA_SIZE
 
     def map_description(self) -> str:
-        return (f"{type(self).__name__}'s distance of each patch's {self.backbone.name} features to the normal ones, "
-                f"upsampled to the image and smoothed with a Gaussian of sigma {self.map_sigma} pixels at 224 px "
-                f"(scaled with the image size)")
+        return (
+            f"{type(self).__name__}'s distance of each patch's {self.backbone.name} features to the normal ones, "
+            f"upsampled to the image and smoothed with a Gaussian of sigma {self.map_sigma} pixels at 224 px "
+            f"(scaled with the image size)"
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in self.FITTED:  # a fitted model's shapes are the checkpoint's

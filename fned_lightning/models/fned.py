@@ -29,5 +29,7 @@ class FNED(AnomalyGAN):
         x_fake = self.reconstruct(x)[0]
         _, features = self.discriminator(x)
         _, fake_features = self.discriminator(x_fake)
-        scores = anomaly_score(x, x_fake, features, fake_features, self.hparams.score_weight, self.hparams.score_reduction)
+        scores = anomaly_score(
+            x, x_fake, features, fake_features, self.hparams.score_weight, self.hparams.score_reduction
+        )
         return scores, x_fake

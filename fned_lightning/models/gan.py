@@ -36,8 +36,9 @@ def constant_then_linear_decay(epoch: int, total_epochs: int, decay_epochs: int)
 
 def real_fake_bce(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """BCE(D(x), 1) + BCE(D(x_fake), 0): D's side of the adversarial loss (sigmoid inside, for stability)."""
-    return F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + \
-        F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return F.binary_cross_entropy_with_logits(
+        real_logits, torch.ones_like(real_logits)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
 
 class AnomalyGAN(ReconstructionDetector):
@@ -81,8 +82,10 @@ class AnomalyGAN(ReconstructionDetector):
         check_corruption(train_corruption, corruption_strength)
         self.anomaly_sources = check_sources(anomaly_sources)
         if head is not None and train_corruption != "none":
-            raise InputError(f"model.head trains on simulated anomalies, which take the place of model.train_corruption="
-                             f"{train_corruption}: give model.train_corruption=none, or leave out model.head")
+            raise InputError(
+                f"model.head trains on simulated anomalies, which take the place of model.train_corruption="
+                f"{train_corruption}: give model.train_corruption=none, or leave out model.head"
+            )
         check_optimiser({"model.lr": lr}, betas)
         for name, weight in (loss_weights or {}).items():
             check_number(f"model.loss_weights.{name}", weight, 0)
@@ -154,7 +157,11 @@ class AnomalyGAN(ReconstructionDetector):
             # D won outright and G gets no gradient from it: restart D (the anchors' rule)
             self.reinitialise_discriminator(batch_idx)
             self.d_collapsed.zero_()
-            log.info("discriminator collapsed (loss_d < %g) by batch %d: re-initialised", self.hparams.d_collapse_loss, batch_idx)
+            log.info(
+                "discriminator collapsed (loss_d < %g) by batch %d: re-initialised",
+                self.hparams.d_collapse_loss,
+                batch_idx,
+            )
         self.log_dict({f"train/loss_{name}": loss for name, loss in losses.items()})
         self.log_dict({"train/loss_g": loss_g, "train/loss_d": loss_d, "train/d_collapsed": collapsed.float()})
         self.log_dict({"loss_g": loss_g, "loss_d": loss_d}, prog_bar=True, logger=False)
@@ -165,7 +172,10 @@ class AnomalyGAN(ReconstructionDetector):
         against the simulated anomaly's mask. The focal loss reaches G through x_fake, as in DRAEM."""
         ssim = structural_similarity_index_measure(x_fake.float(), x.float(), data_range=2.0)
         logits = self.head(x_in, x_fake)
-        return {"ssim": 1 - ssim, "seg": sigmoid_focal_loss(logits.float(), anomaly, alpha=-1, gamma=2, reduction="mean")}
+        return {
+            "ssim": 1 - ssim,
+            "seg": sigmoid_focal_loss(logits.float(), anomaly, alpha=-1, gamma=2, reduction="mean"),
+        }
 
     def anomaly_maps(self, seen: torch.Tensor, x_fake: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
         if self.head is None:
@@ -192,7 +202,9 @@ class AnomalyGAN(ReconstructionDetector):
 
     def configure_optimizers(self):
         hp = self.hparams
-        trained_with_g = itertools.chain(self.generator.parameters(), self.head.parameters() if self.head is not None else ())
+        trained_with_g = itertools.chain(
+            self.generator.parameters(), self.head.parameters() if self.head is not None else ()
+        )
         opt_g = torch.optim.Adam(trained_with_g, lr=hp.lr, betas=tuple(hp.betas), fused=True)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr, betas=tuple(hp.betas), fused=True)
         total = max(self.trainer.max_epochs or 1, 1)

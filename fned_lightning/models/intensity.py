@@ -18,5 +18,3 @@ def match_intensity(x: torch.Tensor, mean: float | torch.Tensor, std: float | to
     [-1, 1] (data.intensity=per_image; a blank image is not stretched past 1e-3 of spread)."""
     image_mean, image_std = image_moments(x)
     return ((x - image_mean) * (std / image_std.clamp_min(1e-3)) + mean).clamp(-1, 1)
-
-

@@ -18,8 +18,16 @@ class PaDiM(FeatureDetector):
 
     FITTED = ("mean", "inverse_covariance", "channels_kept")
 
-    def __init__(self, backbone: str = LITE0, strides: tuple[int, ...] = (8, 16), neighbourhood: int = 1,
-                 n_features: int | None = None, covariance_shrinkage: float = 0.01, feature_seed: int = 0, **evaluation):
+    def __init__(
+        self,
+        backbone: str = LITE0,
+        strides: tuple[int, ...] = (8, 16),
+        neighbourhood: int = 1,
+        n_features: int | None = None,
+        covariance_shrinkage: float = 0.01,
+        feature_seed: int = 0,
+        **evaluation,
+    ):
         super().__init__(backbone, strides, neighbourhood, **evaluation)
         self.save_hyperparameters(ignore=["backbone_weights"])  # how it was built, not what it is
         check_number("model.covariance_shrinkage", covariance_shrinkage, 0, above_low=True)
@@ -27,10 +35,16 @@ class PaDiM(FeatureDetector):
         if n_features is not None:
             check_number("model.n_features", n_features, 1, integer=True)
             if n_features > available:
-                raise InputError(f"model.n_features={n_features}: the chosen stages of {backbone} have {available} "
-                                 f"channels; give at most that many, or null for all")
+                raise InputError(
+                    f"model.n_features={n_features}: the chosen stages of {backbone} have {available} "
+                    f"channels; give at most that many, or null for all"
+                )
         generator = torch.Generator().manual_seed(feature_seed)
-        kept = torch.randperm(available, generator=generator)[:n_features].sort().values if n_features else torch.arange(available)
+        kept = (
+            torch.randperm(available, generator=generator)[:n_features].sort().values
+            if n_features
+            else torch.arange(available)
+        )
         self.register_buffer("channels_kept", kept)
         self.register_buffer("mean", torch.empty(0))
         self.register_buffer("inverse_covariance", torch.empty(0))
@@ -58,10 +72,12 @@ class PaDiM(FeatureDetector):
         else:
             free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         if needed > free:
-            raise InputError(f"model=padim needs about {needed / 2**30:.1f} GiB for the covariances of {positions} "
-                             f"positions x {channels} features ({free / 2**30:.1f} GiB free on {device.type}): give "
-                             f"model.n_features={int((free / 20 / positions) ** 0.5)} or fewer (the paper keeps 550 of "
-                             f"wide_resnet50_2's), or a smaller data.image_size")
+            raise InputError(
+                f"model=padim needs about {needed / 2**30:.1f} GiB for the covariances of {positions} "
+                f"positions x {channels} features ({free / 2**30:.1f} GiB free on {device.type}): give "
+                f"model.n_features={int((free / 20 / positions) ** 0.5)} or fewer (the paper keeps 550 of "
+                f"wide_resnet50_2's), or a smaller data.image_size"
+            )
 
     def finish_fit(self) -> None:
         total, outer, n = self.sums

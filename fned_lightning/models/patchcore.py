@@ -50,8 +50,16 @@ class PatchCore(FeatureDetector):
 
     FITTED = ("memory_bank",)
 
-    def __init__(self, backbone: str = LITE0, strides: tuple[int, ...] = (8, 16), neighbourhood: int = 3,
-                 coreset_ratio: float = 0.01, projection_dim: int = 128, reweight_neighbours: int = 9, **evaluation):
+    def __init__(
+        self,
+        backbone: str = LITE0,
+        strides: tuple[int, ...] = (8, 16),
+        neighbourhood: int = 3,
+        coreset_ratio: float = 0.01,
+        projection_dim: int = 128,
+        reweight_neighbours: int = 9,
+        **evaluation,
+    ):
         super().__init__(backbone, strides, neighbourhood, **evaluation)
         self.save_hyperparameters(ignore=["backbone_weights"])  # how it was built, not what it is
         check_number("model.coreset_ratio", coreset_ratio, 0, 1, above_low=True)
@@ -67,9 +75,13 @@ class PatchCore(FeatureDetector):
         patches, self.patches = torch.cat(self.patches), []
         neighbours = self.hparams.reweight_neighbours
         if len(patches) < neighbours:
-            raise InputError(f"{len(patches)} training patch features are fewer than model.reweight_neighbours={neighbours}: "
-                             f"give more training images or a smaller model.reweight_neighbours")
-        size = min(len(patches), max(math.ceil(self.hparams.coreset_ratio * len(patches)), neighbours))  # room for b neighbours
+            raise InputError(
+                f"{len(patches)} training patch features are fewer than model.reweight_neighbours={neighbours}: "
+                f"give more training images or a smaller model.reweight_neighbours"
+            )
+        size = min(
+            len(patches), max(math.ceil(self.hparams.coreset_ratio * len(patches)), neighbours)
+        )  # room for b neighbours
         generator = torch.Generator().manual_seed(self.run_seed)
         chosen = greedy_coreset(patches, size, self.hparams.projection_dim, generator) if size < len(patches) else None
         self.memory_bank = patches if chosen is None else patches[chosen]

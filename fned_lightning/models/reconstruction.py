@@ -25,5 +25,7 @@ class ReconstructionDetector(AnomalyDetector):
         return smooth(residuals, self.map_sigma)
 
     def map_description(self) -> str:
-        return (f"|x - x_fake| of the images in [-1, 1], averaged over channels, smoothed with a Gaussian of sigma "
-                f"{self.map_sigma} pixels")
+        return (
+            f"|x - x_fake| of the images in [-1, 1], averaged over channels, smoothed with a Gaussian of sigma "
+            f"{self.map_sigma} pixels"
+        )

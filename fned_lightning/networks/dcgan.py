@@ -28,7 +28,11 @@ class DCGANEncoder(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         size, ch = image_size // 2, width
         while size > 4:
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [
+                nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ch * 2),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
             size, ch = size // 2, ch * 2
         self.features = nn.Sequential(*layers)
         self.head = WholeImageConv2d(ch, out_channels, 4, 1, 0, bias=False)  # 4x4 -> 1x1: a matrix product
@@ -72,7 +76,11 @@ class DCGANDecoder(nn.Module):
         super().__init__()
         check_image_size(image_size, f"{type(self).__name__} image_size")
         ch = width * image_size // 8  # mirrors the encoder: `width` channels at image_size / 2
-        layers: list[nn.Module] = [WholeImageConvTranspose2d(latent, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+        layers: list[nn.Module] = [
+            WholeImageConvTranspose2d(latent, ch, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(ch),
+            nn.ReLU(True),
+        ]
         size = 4
         while size < image_size // 2:
             layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]

@@ -59,8 +59,12 @@ class ResNetGenerator(nn.Module):
         check_image_size(image_size, f"{type(self).__name__} image_size")
         widths = level_widths(image_size, width)
         self.input = nn.Linear(latent, widths[-1] * 16)
-        self.blocks = nn.Sequential(*(ResidualBlock(widths[i + 1], widths[i], "up") for i in reversed(range(len(widths) - 1))))
-        self.output = nn.Sequential(nn.BatchNorm2d(widths[0]), nn.ReLU(), nn.Conv2d(widths[0], channels, 3, padding=1), nn.Tanh())
+        self.blocks = nn.Sequential(
+            *(ResidualBlock(widths[i + 1], widths[i], "up") for i in reversed(range(len(widths) - 1)))
+        )
+        self.output = nn.Sequential(
+            nn.BatchNorm2d(widths[0]), nn.ReLU(), nn.Conv2d(widths[0], channels, 3, padding=1), nn.Tanh()
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.input(z.flatten(1)).unflatten(1, (-1, 4, 4))
@@ -72,8 +76,9 @@ class ResNetEncoder(nn.Module):
     The critic normalises with LayerNorm (the gradient penalty is per image: no batch coupling), the
     izi_f encoder with BatchNorm."""
 
-    def __init__(self, image_size: int = 64, channels: int = 1, width: int = 64, out_features: int = 128,
-                 norm: str = "batch"):
+    def __init__(
+        self, image_size: int = 64, channels: int = 1, width: int = 64, out_features: int = 128, norm: str = "batch"
+    ):
         super().__init__()
         check_image_size(image_size, f"{type(self).__name__} image_size")
         norms = {"batch": nn.BatchNorm2d, "layer": layer_norm}
@@ -81,7 +86,9 @@ class ResNetEncoder(nn.Module):
             raise ValueError(f"norm must be one of {', '.join(norms)}, got {norm!r}")
         widths = level_widths(image_size, width)
         self.input = nn.Conv2d(channels, widths[0], 3, padding=1)
-        self.blocks = nn.Sequential(*(ResidualBlock(widths[i], widths[i + 1], "down", norms[norm]) for i in range(len(widths) - 1)))
+        self.blocks = nn.Sequential(
+            *(ResidualBlock(widths[i], widths[i + 1], "down", norms[norm]) for i in range(len(widths) - 1))
+        )
         self.output = nn.Linear(widths[-1] * 16, out_features)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,10 @@ class WholeImageConv2d(Ungrouped, nn.Conv2d):
         (height, width), (pad_h, pad_w) = x.shape[-2:], self.padding
         # (not while tracing for ONNX, where sizes are tensors and a check would only warn)
         if not torch.jit.is_tracing() and (height + 2 * pad_h, width + 2 * pad_w) != self.kernel_size:
-            raise ValueError(f"{type(self).__name__} needs inputs that its {self.kernel_size} kernel covers exactly "
-                             f"(with padding {self.padding}); got {height}x{width}. Use nn.Conv2d.")
+            raise ValueError(
+                f"{type(self).__name__} needs inputs that its {self.kernel_size} kernel covers exactly "
+                f"(with padding {self.padding}); got {height}x{width}. Use nn.Conv2d."
+            )
         taps = self.weight[:, :, pad_h : pad_h + height, pad_w : pad_w + width]
         return F.linear(x.flatten(1), taps.flatten(1), self.bias)[:, :, None, None]
 
@@ -42,7 +44,9 @@ class WholeImageConvTranspose2d(Ungrouped, nn.ConvTranspose2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_tracing() and x.shape[-2:] != (1, 1):
-            raise ValueError(f"{type(self).__name__} needs 1x1 inputs, got {tuple(x.shape[-2:])}. Use nn.ConvTranspose2d.")
+            raise ValueError(
+                f"{type(self).__name__} needs 1x1 inputs, got {tuple(x.shape[-2:])}. Use nn.ConvTranspose2d."
+            )
         (k_h, k_w), (pad_h, pad_w) = self.kernel_size, self.padding
         taps = self.weight[:, :, pad_h : k_h - pad_h, pad_w : k_w - pad_w]  # c_in, c_out, out_h, out_w
         out = (x.flatten(1) @ taps.flatten(1)).unflatten(1, taps.shape[1:])
@@ -61,8 +65,12 @@ class FoldConvTranspose2d(Ungrouped, nn.ConvTranspose2d):
         _, c_in, height, width = x.shape
         # one (n*h*w, c_in) x (c_in, c_out*k_h*k_w) product: a batched one runs 10x slower at inference here
         patches = (x.permute(0, 2, 3, 1).reshape(-1, c_in) @ self.weight.flatten(1)).unflatten(0, (-1, height * width))
-        size = [(s - 1) * stride - 2 * pad + k + extra for s, stride, pad, k, extra
-                in zip((height, width), self.stride, self.padding, self.kernel_size, self.output_padding)]
+        size = [
+            (s - 1) * stride - 2 * pad + k + extra
+            for s, stride, pad, k, extra in zip(
+                (height, width), self.stride, self.padding, self.kernel_size, self.output_padding, strict=True
+            )
+        ]
         out = F.fold(patches.transpose(1, 2), size, self.kernel_size, padding=self.padding, stride=self.stride)
         return out if self.bias is None else out + self.bias[:, None, None]
 

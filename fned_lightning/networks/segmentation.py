@@ -10,8 +10,12 @@ from fned_lightning.errors import InputError
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """Two 3x3 convolutions, each with BatchNorm and ReLU (DRAEM's block)."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -22,10 +26,14 @@ class SegmentationUNet(nn.Module):
     def __init__(self, image_size: int = 32, channels: int = 3, width: int = 32, depth: int = 4):
         super().__init__()
         if not (isinstance(width, int) and width >= 1 and isinstance(depth, int) and depth >= 1):
-            raise InputError(f"model.head.width and model.head.depth must be whole numbers >= 1, got {width} and {depth}")
+            raise InputError(
+                f"model.head.width and model.head.depth must be whole numbers >= 1, got {width} and {depth}"
+            )
         if image_size % 2**depth:
-            raise InputError(f"model.head.depth={depth} needs a data.image_size that is a multiple of {2**depth}, got "
-                             f"{image_size}: give a smaller model.head.depth or another data.image_size")
+            raise InputError(
+                f"model.head.depth={depth} needs a data.image_size that is a multiple of {2**depth}, got "
+                f"{image_size}: give a smaller model.head.depth or another data.image_size"
+            )
         self.depth = depth
         widths = [width * min(2**level, 8) for level in range(depth + 1)]
         self.down = nn.ModuleList([conv_block(2 * channels, widths[0])])

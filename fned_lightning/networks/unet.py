@@ -21,20 +21,35 @@ class UNetGenerator(nn.Module):
         for level in range(1, depth):
             innermost = level == depth - 1
             conv = WholeImageConv2d if innermost else nn.Conv2d  # 2x2 -> 1x1: a matrix product
-            self.down.append(nn.Sequential(
-                nn.LeakyReLU(0.2), conv(chans[level - 1], chans[level], 4, 2, 1, bias=False),
-                nn.Identity() if innermost else nn.BatchNorm2d(chans[level]),
-            ))
+            self.down.append(
+                nn.Sequential(
+                    nn.LeakyReLU(0.2),
+                    conv(chans[level - 1], chans[level], 4, 2, 1, bias=False),
+                    nn.Identity() if innermost else nn.BatchNorm2d(chans[level]),
+                )
+            )
         # up[k] undoes down[k]; the innermost reads only the bottleneck, the others concat(skip, below).
-        self.up = nn.ModuleList([nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(chans[0] * 2, channels, 4, 2, 1), nn.Tanh())])
+        self.up = nn.ModuleList(
+            [nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(chans[0] * 2, channels, 4, 2, 1), nn.Tanh())]
+        )
         for level in range(1, depth):
             innermost = level == depth - 1
             in_ch = chans[level] if innermost else chans[level] * 2
             # the same layers, computed faster where the input is 1x1 or 2x2 (see networks.layers)
-            conv = WholeImageConvTranspose2d if innermost else FoldConvTranspose2d if level == depth - 2 else nn.ConvTranspose2d
-            self.up.append(nn.Sequential(
-                nn.ReLU(), conv(in_ch, chans[level - 1], 4, 2, 1, bias=False), nn.BatchNorm2d(chans[level - 1]),
-            ))
+            conv = (
+                WholeImageConvTranspose2d
+                if innermost
+                else FoldConvTranspose2d
+                if level == depth - 2
+                else nn.ConvTranspose2d
+            )
+            self.up.append(
+                nn.Sequential(
+                    nn.ReLU(),
+                    conv(in_ch, chans[level - 1], 4, 2, 1, bias=False),
+                    nn.BatchNorm2d(chans[level - 1]),
+                )
+            )
         self.apply(dcgan_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

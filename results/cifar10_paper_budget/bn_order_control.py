@@ -4,6 +4,7 @@ Nothing is learned, so any AUROC away from 0.5 would come from the batching alon
 
     python results/cifar10_paper_budget/bn_order_control.py /path/to/cifar10   # from the repository root
 """
+
 import sys
 from pathlib import Path
 

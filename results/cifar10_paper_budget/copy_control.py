@@ -6,6 +6,7 @@ reconstructs all three about equally well; one that has learned the normal image
 
     python results/cifar10_paper_budget/copy_control.py SWEEP_DIR /path/to/cifar10   # from the repository root
 """
+
 import sys
 from pathlib import Path
 
@@ -41,8 +42,7 @@ def test_images(config) -> dict[str, torch.Tensor]:
 
 @torch.inference_mode()
 def mean_abs_error(model, images: torch.Tensor) -> float:
-    return float(torch.cat([(x - model.reconstruct(x)[0]).abs().mean(dim=(1, 2, 3))
-                            for x in images.split(128)]).mean())
+    return float(torch.cat([(x - model.reconstruct(x)[0]).abs().mean(dim=(1, 2, 3)) for x in images.split(128)]).mean())
 
 
 RUNS = ["0_ganomaly_horse_seed0", "2_skip_ganomaly_horse_seed0", "4_fned_horse_seed0"]
@@ -55,4 +55,6 @@ for run in RUNS:
     model, _ = rebuild_detector(read_checkpoint(checkpoint_path), checkpoint_path)
     model.eval()
     errors = [mean_abs_error(model, batch) for batch in images.values()]
-    print(f"| {run} | " + " | ".join(f"{error:.4f}" for error in errors) + f" | {errors[1] / errors[0]:.3f} |", flush=True)
+    print(
+        f"| {run} | " + " | ".join(f"{error:.4f}" for error in errors) + f" | {errors[1] / errors[0]:.3f} |", flush=True
+    )

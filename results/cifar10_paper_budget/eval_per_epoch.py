@@ -7,6 +7,7 @@ used to choose anything. Weights: the run's newest checkpoint and every epoch `k
 Epochs already in OUT.json are not scored again. The check: for a finished run, its last epoch gives the
 AUROC in its metrics.json (the honest test itself).
 """
+
 import json
 import sys
 import time
@@ -42,5 +43,7 @@ if finished:
     honest = json.loads((run / "metrics.json").read_text())["auroc"]
     last = scored[checkpoint["epoch"]]["auroc"]
     if abs(last - honest) > 1e-4:
-        raise SystemExit(f"{run}: epoch {checkpoint['epoch']} scores {last:.4f} here, but the run's honest test gave {honest:.4f}")
+        raise SystemExit(
+            f"{run}: epoch {checkpoint['epoch']} scores {last:.4f} here, but the run's honest test gave {honest:.4f}"
+        )
     print(f"check: epoch {checkpoint['epoch']} gives the run's honest AUROC, {honest:.4f}")

@@ -2,6 +2,7 @@
 weights of every epoch's checkpoint as it appears, so that the anchors' test (label-ordered batches) can be
 scored for every epoch afterwards. Weights and buffers only (no optimiser state). Run in the background;
 given again, it goes on (epochs already copied are skipped)."""
+
 import time
 from pathlib import Path
 
@@ -19,7 +20,10 @@ while True:
             print(f"{ckpt}: {error}", flush=True)
             continue
         out.parent.mkdir(exist_ok=True)
-        torch.save({key: checkpoint[key] for key in ("epoch", "state_dict", "hyper_parameters", "fned_lightning")}, out.with_suffix(".tmp"))
+        torch.save(
+            {key: checkpoint[key] for key in ("epoch", "state_dict", "hyper_parameters", "fned_lightning")},
+            out.with_suffix(".tmp"),
+        )
         out.with_suffix(".tmp").rename(out)
         print(f"{time.strftime('%H:%M:%S')} kept {out}", flush=True)
     time.sleep(60)

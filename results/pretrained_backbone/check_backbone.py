@@ -25,25 +25,85 @@ from fned_lightning.networks.backbones import lite0_keys, lite0_weights
 
 PLAUSIBLE = {  # ImageNet classes (torchvision's names) a person would accept for each CIFAR-10 class
     "airplane": {"airliner", "warplane", "wing", "airship", "space shuttle", "missile", "projectile"},
-    "automobile": {"ambulance", "beach wagon", "cab", "convertible", "jeep", "limousine", "minivan", "Model T", "pickup",
-                   "racer", "sports car", "car wheel", "grille", "go-kart", "police van", "moving van", "tow truck"},
+    "automobile": {
+        "ambulance",
+        "beach wagon",
+        "cab",
+        "convertible",
+        "jeep",
+        "limousine",
+        "minivan",
+        "Model T",
+        "pickup",
+        "racer",
+        "sports car",
+        "car wheel",
+        "grille",
+        "go-kart",
+        "police van",
+        "moving van",
+        "tow truck",
+    },
     "bird": set(),  # any of ImageNet's birds: indices 7-24, 80-100, 127-146 (added below)
     "cat": {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat", "lynx", "cougar"},
     "deer": {"impala", "gazelle", "hartebeest", "ibex", "bighorn", "ram", "ox", "sorrel", "llama"},
     "dog": set(),  # any dog, wolf or fox: indices 151-280 (added below)
     "frog": {"bullfrog", "tree frog", "tailed frog", "common newt", "eft", "spotted salamander", "axolotl"},
     "horse": {"sorrel", "zebra", "horse cart", "oxcart", "ox"},
-    "ship": {"container ship", "liner", "fireboat", "lifeboat", "pirate", "schooner", "submarine", "yawl", "catamaran",
-             "trimaran", "speedboat", "aircraft carrier", "wreck", "dock", "drilling platform", "canoe", "gondola"},
-    "truck": {"trailer truck", "pickup", "moving van", "garbage truck", "fire engine", "tow truck", "tractor",
-              "police van", "minivan", "recreational vehicle", "harvester", "forklift", "jeep"},
+    "ship": {
+        "container ship",
+        "liner",
+        "fireboat",
+        "lifeboat",
+        "pirate",
+        "schooner",
+        "submarine",
+        "yawl",
+        "catamaran",
+        "trimaran",
+        "speedboat",
+        "aircraft carrier",
+        "wreck",
+        "dock",
+        "drilling platform",
+        "canoe",
+        "gondola",
+    },
+    "truck": {
+        "trailer truck",
+        "pickup",
+        "moving van",
+        "garbage truck",
+        "fire engine",
+        "tow truck",
+        "tractor",
+        "police van",
+        "minivan",
+        "recreational vehicle",
+        "harvester",
+        "forklift",
+        "jeep",
+    },
 }
 
 
 def reference_logits(weights: dict, images: torch.Tensor) -> torch.Tensor:
     with tempfile.TemporaryDirectory() as folder:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", folder,
-                        "efficientnet-lite-pytorch==0.1.0"], check=True, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                folder,
+                "efficientnet-lite-pytorch==0.1.0",
+            ],
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
         sys.path.insert(0, folder)
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -64,8 +124,10 @@ def main(cifar_tar: Path) -> None:
         with torch.no_grad():
             ours = model(images)
         difference = (ours - reference_logits(weights, images)).abs().max().item()
-        print(f"random images {tuple(shape)}: largest logit difference, timm with our mapping vs efficientnet-lite-pytorch: "
-              f"{difference:.3g} (logits up to {ours.abs().max().item():.3g})")
+        print(
+            f"random images {tuple(shape)}: largest logit difference, timm with our mapping vs efficientnet-lite-pytorch: "
+            f"{difference:.3g} (logits up to {ours.abs().max().item():.3g})"
+        )
 
     names = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
     PLAUSIBLE["bird"] = {names[i] for i in [*range(7, 25), *range(80, 101), *range(127, 147)]}
@@ -81,8 +143,10 @@ def main(cifar_tar: Path) -> None:
     plausible = count_plausible(model, chosen, names, show=True)
     print(f"\n{plausible} of {len(chosen)} images have a plausible ImageNet label among their top 5")
     control = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()  # the same network, untrained
-    print(f"control, the same network with random weights (timm's initialisation, seeded): "
-          f"{count_plausible(control, chosen, names)} of {len(chosen)}")
+    print(
+        f"control, the same network with random weights (timm's initialisation, seeded): "
+        f"{count_plausible(control, chosen, names)} of {len(chosen)}"
+    )
 
 
 def count_plausible(model, chosen, names, show: bool = False) -> int:
@@ -95,7 +159,7 @@ def count_plausible(model, chosen, names, show: bool = False) -> int:
         hit = any(label in PLAUSIBLE[cifar_class] for label in labels)
         plausible += hit
         if show:
-            shown = ", ".join(f"{label} {p:.2f}" for label, p in zip(labels, top.values.tolist()))
+            shown = ", ".join(f"{label} {p:.2f}" for label, p in zip(labels, top.values.tolist(), strict=True))
             print(f"{'plausible' if hit else 'not      '}  {name}: {shown}")
     return plausible
 
