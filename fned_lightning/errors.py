@@ -62,6 +62,17 @@ def check_image_size(image_size: int, option: str = "data.image_size") -> None:
         )
 
 
+def check_halved_to_4x4(image_size: int, network: str) -> None:
+    """Image sides that a network halving the image down to 4x4 (DCGAN's, f-AnoGAN's) can take: powers of two.
+    Every GAN config takes its networks' size from data.image_size, so the message names that."""
+    check_image_size(image_size)
+    if image_size & (image_size - 1):
+        raise InputError(
+            f"data.image_size={image_size} is not a power of two, which {network} needs (it halves the image "
+            f"down to 4x4): use 16, 32, 64, 128 or 256 (model=padim and model=patchcore take any multiple of 16)"
+        )
+
+
 def input_error_in(error: BaseException | None) -> InputError | None:
     """The user mistake behind an error, also when Hydra's instantiate wrapped it; a config value left
     at ??? (mandatory) becomes one that names the key."""
@@ -141,7 +152,7 @@ def run_hydra_cli(main, config_name: str) -> None:
     try:
         main()
     except OverrideParseException as error:
-        fail(f"cannot read the command-line override: {str(error).splitlines()[0]}; write key=value, e.g. seed=1")
+        fail(override_message(str(error)))
     except ConfigCompositionException as error:
         fail(composition_message(error, config_name))
     except OSError as error:
@@ -156,6 +167,20 @@ def run_hydra_cli(main, config_name: str) -> None:
         if user_error is None:
             raise
         fail(f"a job of the sweep failed: {user_error} (its folder holds failed.txt; the other jobs ran)")
+
+
+def override_message(error: str) -> str:
+    """Hydra's parse error as one line with the fix: a value with a character its grammar takes only inside
+    quotes (~, a space, a letter outside ASCII, ...) gets the override written back quoted."""
+    first = error.splitlines()[0]
+    override = re.search(r"Exception: ([\w.+~/-]+)=(.+)$", first)
+    if override:
+        key, value = override.groups()
+        return (
+            f"cannot read the command-line override {key}={value}: Hydra reads a value with ~, spaces or "
+            f"characters outside ASCII only inside quotes; write '{key}=\"{value}\"'"
+        )
+    return f"cannot read the command-line override: {first}; write key=value, e.g. seed=1"
 
 
 def made_by_hydra(error: OSError) -> bool:

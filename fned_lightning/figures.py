@@ -15,16 +15,35 @@ from fned_lightning.scoring import min_max_normalise, ranking_metrics
 
 
 def score_histogram(
-    scores: torch.Tensor, labels: torch.Tensor, path: Path, title: str, threshold: float | None = None
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    path: Path,
+    title: str,
+    threshold: float | None = None,
+    fitted_range: tuple[float, float] | None = None,
+    abnormal: str = "abnormal",
 ) -> Path:
-    normalised = min_max_normalise(scores, scores.min().item(), scores.max().item())
+    """The test scores of normal and abnormal images, normalised as the evaluation that decided on them
+    normalised them: with `fitted_range`, the min-max fitted on normal validation images (the honest one;
+    scores may leave [0, 1]), else the min-max over the test set itself (the paper's). `threshold`, on
+    that scale, is drawn; the x axis and the title say which normalisation it is."""
+    if fitted_range is not None:
+        normalised = min_max_normalise(scores, *fitted_range)
+        scale, short = "min-max fitted on normal validation images", "validation-fitted min-max (honest)"
+    else:
+        normalised = min_max_normalise(scores, scores.min().item(), scores.max().item())
+        scale, short = "min-max over the test set itself (the paper's)", "the test set's own min-max (the paper's)"
+    finite = normalised[torch.isfinite(normalised)]
+    low = min(0.0, finite.min().item()) if len(finite) else 0.0
+    high = max(1.0, finite.max().item()) if len(finite) else 1.0
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    bins = torch.linspace(0, 1, 41).tolist()
+    bins = torch.linspace(low, high, 41).tolist()
     ax.hist(normalised[labels == 0].tolist(), bins=bins, alpha=0.6, label="normal", color="tab:blue")
-    ax.hist(normalised[labels == 1].tolist(), bins=bins, alpha=0.6, label="abnormal", color="tab:red")
+    ax.hist(normalised[labels == 1].tolist(), bins=bins, alpha=0.6, label=abnormal, color="tab:red")
     if threshold is not None:
         ax.axvline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold}")
-    ax.set(xlabel="anomaly score (test-set min-max)", ylabel="images", title=title)
+    ax.set(xlabel=f"anomaly score, {scale}", ylabel="images")
+    ax.set_title(f"{title}\nscores normalised by {short}", fontsize=9)
     ax.legend()
     return _save(fig, path)
 
@@ -48,7 +67,8 @@ def roc_and_pr_curves(scores: torch.Tensor, labels: torch.Tensor, path: Path, ti
 
 
 def reconstruction_grid(groups: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, title: str) -> Path:
-    """Per group (e.g. "normal", "defect"), a row of inputs over a row of their reconstructions; [-1, 1]."""
+    """Per group (e.g. "normal", "defect" or "anomaly: horse"), a row of inputs over a row of their
+    reconstructions; [-1, 1]."""
     rows = [
         (f"{name}\ninput" if kind == 0 else "reconstruction", part)
         for name, pair in groups.items()

@@ -51,6 +51,18 @@ def anchors_order(labels: torch.Tensor, n_read: int) -> torch.Tensor:
     return torch.cat([read[read_labels == 0], read[read_labels != 0], order[n_read:]])
 
 
+def warn_if_sorted_by_test_labels(datamodule) -> bool:
+    """Where the paper's test batches order the test set by its labels (the anchors' CIFAR-10 loader: normal
+    images first, then the anomalies), say so, once per run: True if it did."""
+    if not (datamodule.ANCHORS_SORT_TEST_BY_LABEL and datamodule.paper_test_batches == "anchors"):
+        return False
+    log.warning(
+        "protocol=paper: its test batches are ordered by the test labels (normal images first, then the anomalies, "
+        "as the anchors' loader), which a deployed model never has; data.paper_test_batches=mixed turns this off"
+    )
+    return True
+
+
 class PaperProtocol(L.Callback):
     """The anchors' evaluation (protocol=paper, and the paper's half of protocol=both): after every
     epoch, score the test set with BatchNorm in training mode and keep the weights of the epoch with
@@ -63,6 +75,9 @@ class PaperProtocol(L.Callback):
 
     def __init__(self):
         self.best_auroc, self.best_epoch, self.best_state = -math.inf, None, None
+
+    def on_fit_start(self, trainer, pl_module):
+        warn_if_sorted_by_test_labels(trainer.datamodule)
 
     def on_train_epoch_end(self, trainer, pl_module):
         auroc, ratio = self.test_auroc(trainer, pl_module)

@@ -3,12 +3,23 @@
 Reads every `metrics.json` below the given folders (a multirun, several, or single runs):
 Table 1 (AUROC) and Table 2 (AUPRC) for CIFAR-10, rows = models, columns = the ten classes and
 their average, mean ± standard deviation over seeds; Table 3 for image-folder data sets (AUROC,
-AUPRC, F1, recall, precision), and beside it, for runs whose data has ground-truth masks, the
-localisation table (image AUROC by each image score, pixel AUROC, AUPRO, pixel F1). Every row
-says its budget (epochs x training images per epoch). A protocol=both run gives two rows, its
-honest and its paper evaluation, and a column shows the paper's gain. Runs that started but wrote
-no metrics.json count as failed and show so, never as zeros. Writes tables.md, table*.csv and
-auroc_bars.png / auprc_bars.png.
+AUPRC, F1, recall, precision), then the paper's own Table 3 in a table of its own (its railway
+fasteners, a data set not public: never rows beside ours), and, for runs whose data has ground-truth
+masks, the localisation table (image AUROC by each image score, pixel AUROC, AUPRO, pixel F1). Every
+row says its budget (epochs x training images per epoch). A protocol=both run gives two rows, its
+honest and its paper evaluation, and a column shows the paper's gain. Writes tables.md, table*.csv
+and auroc_bars.png / auprc_bars.png.
+
+A run folder (one holding .hydra/) without metrics.json shows as one of, never as zeros:
+- failed: it wrote failed.txt (train.py does, for an error), whose first line the report quotes, and
+  was not started again since;
+- running: no failed.txt, and something in it was written in the last `--running-within` minutes
+  (default 60; a run writes its CSV log every 50 batches and a checkpoint every epoch);
+- stopped: neither (killed, or out of its time limit); the same command resumes it.
+
+Where it writes: `--out`, by default `report/` in the first folder given, unless that folder is a run
+folder (or lies in one): then `report/` beside that run, in its parent. It never writes into a run that
+has not finished: an `--out` inside one is refused.
 """
 
 import argparse
@@ -17,6 +28,7 @@ import json
 import math
 import re
 import statistics
+import time
 from collections import defaultdict
 from functools import cache
 from pathlib import Path
@@ -97,9 +109,14 @@ def model_class(target: str | None, name: str | None) -> type | None:
         return None
 
 
-def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
-    """(metrics of finished runs, descriptions of runs that started but wrote no metrics.json)."""
-    finished, failed = [], []
+RUNNING_WITHIN_MINUTES = 60  # a run without metrics.json written to this recently is running, not stopped
+
+
+def collect(roots: list[Path], running_within: float = RUNNING_WITHIN_MINUTES * 60) -> tuple[list[dict], list[dict]]:
+    """(metrics of finished runs, descriptions of runs that started but wrote no metrics.json, each with its
+    `state`: failed, running or stopped, see `run_state`)."""
+    finished, unfinished = [], []
+    now = time.time()
     for root in roots:
         for hydra_dir in sorted(root.rglob(".hydra")):
             run = hydra_dir.parent
@@ -118,9 +135,11 @@ def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
                 continue
             config = OmegaConf.load(hydra_dir / "config.yaml")
             choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
-            failed.append(
+            unfinished.append(
                 {
                     "run": str(run),
+                    "state": run_state(run, now, running_within),
+                    "reason": failure_of(run),
                     "model": choices.get("model"),
                     "data": choices.get("data"),
                     **model_identity(config.get("model", {}).get("_target_"), choices.get("model")),
@@ -129,7 +148,48 @@ def collect(roots: list[Path]) -> tuple[list[dict], list[dict]]:
                     "data_root": config.get("data", {}).get("root"),
                 }
             )
-    return finished, failed
+    return finished, unfinished
+
+
+FAILURE_MARKER = "failed.txt"  # what train.py's main() writes into a run folder when the run raises
+UNFINISHED_STATES = ("failed", "running", "stopped")
+
+
+RERUN_AFTER_S = 120  # written this long after failed.txt: the run was started again (a rerun, a requeue)
+
+
+def run_state(run: Path, now: float, running_within: float) -> str:
+    """A run folder without metrics.json: failed (it wrote failed.txt, and nothing has been written since but
+    the failure's own log lines), running (something in it was written in the last `running_within` seconds)
+    or stopped (killed, or out of its time limit: no failure recorded)."""
+    last, marker = last_written(run), run / FAILURE_MARKER
+    if marker.exists() and last <= marker.stat().st_mtime + RERUN_AFTER_S:
+        return "failed"
+    return "running" if now - last < running_within else ("failed" if marker.exists() else "stopped")
+
+
+def last_written(folder: Path) -> float:
+    """The latest modification time of anything in the folder (files, links, folders) but failed.txt."""
+    times = [folder.stat().st_mtime]
+    for path in folder.rglob("*"):
+        try:
+            times.append(path.lstat().st_mtime if path.name != FAILURE_MARKER else 0.0)
+        except FileNotFoundError:  # removed while we looked (a checkpoint replaced by the next)
+            continue
+    return max(times)
+
+
+def failure_of(run: Path) -> str | None:
+    """The first line of a failed run's failed.txt (the error), else None."""
+    marker = run / FAILURE_MARKER
+    if not marker.exists():
+        return None
+    return next(iter(marker.read_text().splitlines()), "").strip() or None
+
+
+def unfinished_cell(states: set[str]) -> str:
+    """What a table shows where a run has no result yet: its state (several seeds: each state once)."""
+    return ", ".join(state for state in UNFINISHED_STATES if state in states)
 
 
 REMEDIES = {"train_corruption", "corruption_strength", "head"}  # named below in their own words
@@ -238,24 +298,24 @@ def ordered_rows(names) -> list[str]:
     return sorted(names, key=model_rank)
 
 
-def cifar_table(finished, failed, metric: str) -> tuple[list[str], list[list[str]], dict]:
+def cifar_table(finished, unfinished, metric: str) -> tuple[list[str], list[list[str]], dict]:
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     row_runs: dict[str, list[dict]] = defaultdict(list)
     for run in finished:
         if run["data"] == "cifar10":
             values[row_name(run)][run["anomaly_class"]].append(run[metric])
             row_runs[row_name(run)].append(run)
-    failures = defaultdict(set)
-    for run in failed:
+    states: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for run in unfinished:
         if run["data"] == "cifar10":
-            failures[row_name(run)].add(run["anomaly_class"])
+            states[row_name(run)][run["anomaly_class"]].add(run["state"])
     header = ["model", "budget"] + [SHORT_NAMES.get(c, c) for c in CIFAR10_CLASSES] + ["avg", "paper - honest"]
     rows, means, averages = [], {}, {}
-    for name in ordered_rows(set(values) | set(failures)):
+    for name in ordered_rows(set(values) | set(states)):
         cells, class_means = [name, budgets(row_runs[name]) or "—"], []
         for c in CIFAR10_CLASSES:
             runs = values[name].get(c, [])
-            cells.append(summarise(runs) if runs else ("failed" if c in failures[name] else "—"))
+            cells.append(summarise(runs) if runs else (unfinished_cell(states[name][c]) or "—"))
             if runs and not all(math.isnan(v) for v in runs):
                 class_means.append(statistics.mean(v for v in runs if not math.isnan(v)))
         complete = len(class_means) == len(CIFAR10_CLASSES)
@@ -271,7 +331,7 @@ def cifar_table(finished, failed, metric: str) -> tuple[list[str], list[list[str
     return header, rows, means
 
 
-def folder_table(finished, failed) -> tuple[list[str], list[list[str]]]:
+def folder_table(finished, unfinished) -> tuple[list[str], list[list[str]]]:
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     row_runs: dict[tuple, list[dict]] = defaultdict(list)
     for run in finished:
@@ -280,9 +340,11 @@ def folder_table(finished, failed) -> tuple[list[str], list[list[str]]]:
             row_runs[key].append(run)
             for metric in FOLDER_METRICS:
                 values[key][metric].append(run[metric])
-    for run in failed:
+    states: dict[tuple, set[str]] = defaultdict(set)
+    for run in unfinished:
         if run["data"] != "cifar10":
             values.setdefault((data_set_of(run), row_name(run)), defaultdict(list))
+            states[(data_set_of(run), row_name(run))].add(run["state"])
     header = [
         "data set",
         "model",
@@ -307,7 +369,10 @@ def folder_table(finished, failed) -> tuple[list[str], list[list[str]]]:
                 data_set,
                 name,
                 budgets(row_runs[(data_set, name)]) or "—",
-                *(summarise(cells[m]) if cells[m] else "failed" for m in FOLDER_METRICS),
+                *(
+                    summarise(cells[m]) if cells[m] else unfinished_cell(states[(data_set, name)])
+                    for m in FOLDER_METRICS
+                ),
                 paper_gap(aurocs, name),
             ]
         )
@@ -420,19 +485,24 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         csv.writer(file).writerows([header, *rows])
 
 
-def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
-    runs, failed = collect(roots)
-    if not runs and not failed:
+def report(
+    roots: list[Path], out: Path, wandb_mode: str = "offline", running_within: float = RUNNING_WITHIN_MINUTES * 60
+) -> str:
+    runs, unfinished = collect(roots, running_within)
+    if not runs and not unfinished:
         raise InputError(
             f"no runs under {', '.join(map(str, roots))}: expected run folders holding .hydra/ and metrics.json "
             f"(a train run's or a multirun's folder)"
         )
+    check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     sections, figures, tables = [], [], {}
     protocols = sorted({run.get("protocol", "honest") for run in runs})
     finished = evaluations(runs)
+    counts = {state: sum(run["state"] == state for run in unfinished) for state in UNFINISHED_STATES}
+    others = "".join(f", {counts[state]} {state}" for state in ("running", "stopped") if counts[state])
     sections.append(
-        f"Runs: {len(runs)} finished, {len(failed)} failed; protocols: {', '.join(protocols) or '—'}. "
+        f"Runs: {len(runs)} finished, {counts['failed']} failed{others}; protocols: {', '.join(protocols) or '—'}. "
         "Rows marked [protocol=paper] choose the epoch on test labels: optimistic by construction; "
         "the last column is their gain over the honest row of the same model."
     )
@@ -444,7 +514,7 @@ def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
         sections.append(f"### {title}\n\n" + markdown(header, rows + list(shown_with)))
 
     for number, metric in ((1, "auroc"), (2, "auprc")):
-        header, rows, means = cifar_table(finished, failed, metric)
+        header, rows, means = cifar_table(finished, unfinished, metric)
         if rows:
             pretrained = any(row[0].endswith(" †") for row in rows)
             note = (
@@ -462,13 +532,19 @@ def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
                 paper_rows(metric),
             )
             figures.append(bar_chart(means, metric, out / f"{metric}_bars.png"))
-    header, rows = folder_table(finished, failed)
+    header, rows = folder_table(finished, unfinished)
     if rows:
-        reference = [
-            ["(paper's fasteners)", f"{name} (paper, its protocol)", PAPER_BUDGET, *(f"{v:.3f}" for v in values), ""]
-            for name, values in PAPER["folder"].items()
-        ]
-        add_table("table3_folder", header, rows, "Table 3: image-folder data sets", reference)
+        add_table(
+            "table3_folder",
+            header,
+            rows,
+            "Table 3: image-folder data sets, these runs (the paper's Table 3 is on another data set: below)",
+        )
+        sections.append(
+            "### The paper's Table 3, for reference only: its railway fasteners, under its own protocol\n\n"
+            "A data set that is not public and none of the data sets above: these numbers say what the paper "
+            "reports there, not what a row above should reach.\n\n" + markdown(*paper_folder_table())
+        )
     header, rows = pixel_table(finished)
     if rows:
         add_table(
@@ -503,13 +579,61 @@ def report(roots: list[Path], out: Path, wandb_mode: str = "offline") -> str:
             "What settings are chosen on when a few known bad parts exist; the test AUROC is on the test "
             "images left (the test set shrank by twice data.val_defects).",
         )
-    if failed:
-        sections.append("Failed runs (no metrics.json):\n\n" + "\n".join(f"- {run['run']}" for run in failed))
+    sections += unfinished_sections(unfinished, running_within)
     text = "\n\n".join(sections) + "\n"
     (out / "tables.md").write_text(text)
     if wandb_mode != "off":
         log_to_wandb(tables, [f for f in figures if f], out, wandb_mode)
     return text
+
+
+def paper_folder_table() -> tuple[list[str], list[list[str]]]:
+    """The paper's Table 3 (its railway fasteners) as printed, in a table of its own."""
+    header = ["data set", "model", "budget", "AUROC", "AUPRC", "F1", "recall", "precision"]
+    return header, [
+        ["the paper's railway fasteners", f"{name} (paper, its protocol)", PAPER_BUDGET, *(f"{v:.3f}" for v in values)]
+        for name, values in PAPER["folder"].items()
+    ]
+
+
+def unfinished_sections(unfinished: list[dict], running_within: float) -> list[str]:
+    """The runs without metrics.json, listed by state (see the module docstring)."""
+    minutes = f"{running_within / 60:g} min"
+    intros = {
+        "failed": "Failed runs (failed.txt: the error):",
+        "running": f"Running runs (no metrics.json yet; written to in the last {minutes}):",
+        "stopped": f"Stopped runs (no metrics.json, no failure recorded, nothing written for over {minutes}: "
+        "killed or out of time? The same command resumes them):",
+    }
+    sections = []
+    for state, intro in intros.items():
+        runs = [run for run in unfinished if run["state"] == state]
+        if runs:
+            lines = [f"- {run['run']}" + (f": {run['reason']}" if run.get("reason") else "") for run in runs]
+            sections.append(intro + "\n\n" + "\n".join(lines))
+    return sections
+
+
+def run_folder_of(path: Path) -> Path | None:
+    """The run folder (one holding .hydra/) that `path` is or lies in, if any."""
+    path = path.resolve()
+    return next((folder for folder in (path, *path.parents) if (folder / ".hydra").is_dir()), None)
+
+
+def default_out(roots: list[Path]) -> Path:
+    """`report/` in the first folder given, or, where that is a run folder (or lies in one), beside that run."""
+    run = run_folder_of(roots[0])
+    return run.parent / "report" if run else roots[0] / "report"
+
+
+def check_out(out: Path) -> None:
+    """Refuse to write into a run that has not finished (it may be running: its folder is its own)."""
+    run = run_folder_of(out)
+    if run is not None and not (run / "metrics.json").exists():
+        raise InputError(
+            f"--out {out} is inside {run}, a run that has not finished (no metrics.json); "
+            f"write the report elsewhere, e.g. --out {run.parent / 'report'}"
+        )
 
 
 def log_to_wandb(tables: dict, figures: list[Path], out: Path, mode: str) -> None:
@@ -530,7 +654,18 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", nargs="+", type=Path, help="multirun or run folders to collect metrics.json from")
-    parser.add_argument("--out", type=Path, help="where to write the tables (default: <first folder>/report)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write the tables (default: <first folder>/report; beside it where the first folder is a run)",
+    )
+    parser.add_argument(
+        "--running-within",
+        type=float,
+        default=RUNNING_WITHIN_MINUTES,
+        metavar="MINUTES",
+        help="a run without metrics.json or failed.txt written to this recently counts as running, else stopped",
+    )
     parser.add_argument(
         "--wandb", choices=("offline", "online", "off"), default="offline", help="log the tables to W&B"
     )
@@ -539,7 +674,7 @@ def main(argv: list[str] | None = None) -> None:
         if not root.is_dir():
             fail(f"no such folder: {root}; give run or multirun folders (each holding .hydra/ and metrics.json)")
     try:
-        print(report(args.runs, args.out or args.runs[0] / "report", args.wandb))
+        print(report(args.runs, args.out or default_out(args.runs), args.wandb, args.running_within * 60))
     except InputError as error:
         fail(str(error))
 

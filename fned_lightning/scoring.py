@@ -149,7 +149,11 @@ def residual_map(x: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
 
 def smooth(residual: torch.Tensor, sigma: float) -> torch.Tensor:
     """N x H x W maps smoothed with a Gaussian of `sigma` pixels (truncated at 4 sigma, reflected at the
-    borders): the anomaly map of a residual map. 0: unchanged."""
+    borders): the anomaly map of a residual map. 0: unchanged. In float32 whatever the training precision:
+    under autocast the convolutions would run in bf16 and coarsen every map and pixel metric."""
+    if torch.is_autocast_enabled(residual.device.type):  # checked, not entered always: exports stay plain
+        with torch.autocast(residual.device.type, enabled=False):
+            return smooth(residual.float(), sigma)
     residual = residual[:, None]
     if sigma > 0:  # separable, with a kernel of fixed size: exports to ONNX as two plain convolutions
         height, width = residual.shape[-2:]

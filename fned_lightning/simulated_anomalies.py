@@ -38,15 +38,11 @@ def uniform(shape: tuple[int, ...], low: float, high: float, device) -> torch.Te
 
 def perlin_noise(n: int, size: int, device) -> torch.Tensor:
     """N x size x size gradient noise (Perlin, 1985) in about [-1, 1], each image with its own lattice
-    (2**i by 2**j cells, i and j drawn apart, as DRAEM) and turned by its own angle in [-90, 90] degrees."""
+    (2**i by 2**j cells, i and j drawn apart, as DRAEM) and turned by its own angle in [-90, 90] degrees.
+    All images in one pass, every draw and index on `device`: nothing waits for it or copies to it."""
     largest = max(int(math.log2(max(size // SMALLEST_CELL, 1))), 0)
-    rows, cols = torch.randint(0, largest + 1, (2, n))  # on the host: grouping by them never waits for the device
-    noise = torch.empty(n, size, size, device=device)
-    for i in range(largest + 1):  # one pass per lattice size, all images with that size at once
-        for j in range(largest + 1):
-            chosen = ((rows == i) & (cols == j)).nonzero().flatten()
-            if len(chosen):
-                noise[chosen.to(device)] = lattice_noise(len(chosen), size, 2**i, 2**j, device)
+    rows, cols = 2 ** torch.randint(0, largest + 1, (2, n), device=device)  # each image's lattice
+    noise = lattice_noise(rows, cols, size, 2**largest)
     angle = uniform((n,), -ROTATION, ROTATION, device) * math.pi / 180
     cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
     turn = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
@@ -54,24 +50,27 @@ def perlin_noise(n: int, size: int, device) -> torch.Tensor:
     return F.grid_sample(noise[:, None], grid, padding_mode="reflection", align_corners=False)[:, 0]
 
 
-def lattice_noise(n: int, size: int, rows: int, cols: int, device) -> torch.Tensor:
-    """Perlin noise on a rows x cols lattice: a random unit gradient at each lattice point, each pixel the
-    faded blend of its cell's four corner gradients dotted with its offsets from them."""
-    angles = uniform((n, rows + 1, cols + 1), 0, 2 * math.pi, device)
-    gradients = torch.stack([angles.cos(), angles.sin()], -1)  # n x rows+1 x cols+1 x 2
-    y = torch.arange(size, device=device, dtype=torch.float32) * rows / size
-    x = torch.arange(size, device=device, dtype=torch.float32) * cols / size
+def lattice_noise(rows: torch.Tensor, cols: torch.Tensor, size: int, most: int) -> torch.Tensor:
+    """Perlin noise, image k on a rows[k] x cols[k] lattice (each at most `most`): a random unit gradient at
+    each lattice point, each pixel the faded blend of its cell's four corner gradients dotted with its
+    offsets from them. Gradients are drawn for the largest lattice; a smaller one uses its corner."""
+    n, device = len(rows), rows.device
+    angles = uniform((n, most + 1, most + 1), 0, 2 * math.pi, device)
+    gradients = torch.stack([angles.cos(), angles.sin()], -1)  # n x most+1 x most+1 x 2
+    pixels = torch.arange(size, device=device, dtype=torch.float32)
+    y, x = pixels * rows[:, None] / size, pixels * cols[:, None] / size  # n x size: lattice coordinates
     cell_y, cell_x = y.long(), x.long()
     fy, fx = y - cell_y, x - cell_x
+    image = torch.arange(n, device=device)[:, None, None]
 
     def corner(dy: int, dx: int) -> torch.Tensor:
-        g = gradients[:, cell_y + dy][:, :, cell_x + dx]  # n x size x size x 2
-        return g[..., 0] * (fx - dx)[None, None, :] + g[..., 1] * (fy - dy)[None, :, None]
+        g = gradients[image, (cell_y + dy)[:, :, None], (cell_x + dx)[:, None, :]]  # n x size x size x 2
+        return g[..., 0] * (fx - dx)[:, None, :] + g[..., 1] * (fy - dy)[:, :, None]
 
     def fade(t: torch.Tensor) -> torch.Tensor:
         return t**3 * (t * (t * 6 - 15) + 10)
 
-    wy, wx = fade(fy)[None, :, None], fade(fx)[None, None, :]
+    wy, wx = fade(fy)[:, :, None], fade(fx)[:, None, :]
     top = torch.lerp(corner(0, 0), corner(0, 1), wx)
     bottom = torch.lerp(corner(1, 0), corner(1, 1), wx)
     return math.sqrt(2) * torch.lerp(top, bottom, wy)

@@ -59,15 +59,20 @@ def train(cfg: DictConfig) -> dict:
         log.info("this run has finished already; its results are in %s", output_dir)
         return json.loads((output_dir / "metrics.json").read_text())
     check_number("seed", cfg.seed, 0, 2**32 - 1, integer=True)
+    if cfg.get("threads") is not None:
+        check_number("threads", cfg.threads, 1, integer=True)
+        torch.set_num_threads(cfg.threads)
     check_number(
         "trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True
     )  # Lightning's -1 (no end) has no schedule to follow
     for group in ("data", "model", "trainer"):
         check_options(cfg[group], group)
+    check_accelerator(cfg.trainer.accelerator)
     ckpt_path, epochs_done = resume_from(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # read the data first: bad paths and images fail before any model is built
+    check_validation_split(datamodule)
     model = instantiate(cfg.model)
     model.check_epochs(cfg.trainer.max_epochs)
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values()]
@@ -82,8 +87,7 @@ def train(cfg: DictConfig) -> dict:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole run, not just the model
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        speed = throughput(trainer)
+        speed = fit(trainer, model, datamodule, ckpt_path)
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics = run_summary(cfg, trainer, datamodule) | model.test_results["metrics"] | speed | throughput(trainer)
         metrics |= model.val_results  # the painted and real validation defects (val_*, val_real_*), last epoch
@@ -91,7 +95,7 @@ def train(cfg: DictConfig) -> dict:
         if cfg.protocol == "both":
             metrics |= paper.test_best_epoch(trainer, model, datamodule)
         if trainer.is_global_zero:
-            write_results(output_dir, cfg, metrics, model, datamodule)
+            write_results(output_dir, cfg, metrics, model, datamodule, precision=trainer.precision)
             figures = write_figures(output_dir, metrics, model, datamodule)
             for logger in loggers:
                 for figure in figures if hasattr(logger, "log_image") else ():  # one key each: they differ in size
@@ -102,6 +106,42 @@ def train(cfg: DictConfig) -> dict:
             import wandb
 
             wandb.finish()  # each multirun job is its own W&B run
+
+
+def check_accelerator(accelerator: str) -> None:
+    """A GPU asked for where torch sees none: one line, not Lightning's traceback."""
+    if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise InputError(
+            f"trainer.accelerator={accelerator}, but torch sees no CUDA GPU here: give trainer.accelerator=cpu "
+            f"(or auto), or run on a GPU machine (experiment=gpu asks for one)"
+        )
+
+
+def check_validation_split(datamodule) -> None:
+    """The honest evaluation fits its normalisation and thresholds on normal validation images: a run with
+    none (data.val_fraction=0, or too few training images) would train and leave a checkpoint nothing can
+    score with, so it is refused before training."""
+    sizes = datamodule.split_sizes()
+    if sizes["n_val"] == 0 or sizes["n_train"] == 0:
+        total = sizes["n_val"] + sizes["n_train"]
+        raise InputError(
+            f"data.val_fraction={datamodule.val_fraction} of {total} normal training image(s) leaves "
+            f"{sizes['n_val']} to validate and {sizes['n_train']} to train on; both need at least one (the "
+            f"validation images fit the score's normalisation and thresholds): give more training images, or a "
+            f"data.val_fraction such as 0.05 that holds out at least one"
+        )
+
+
+def fit(trainer: L.Trainer, model: AnomalyDetector, datamodule, ckpt_path: str | None) -> dict[str, float]:
+    """Train (or fit), and return the training throughput. The normalisation and thresholds the test uses are
+    fitted at validation: when the last validation ran on an older epoch's weights (trainer.check_val_every_n_epoch
+    > 1), it runs once more, on the final weights."""
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    speed = throughput(trainer)  # before a validation: it resets the logged metrics
+    if model.fitted_at_step != trainer.global_step and trainer.limit_val_batches:
+        log.info("validating the final weights: the normalisation and thresholds are fitted on them")
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    return speed
 
 
 def resume_from(cfg: DictConfig) -> tuple[str | None, int]:
@@ -194,7 +234,11 @@ def throughput(trainer: L.Trainer) -> dict[str, float]:
     return {k.removeprefix("perf/"): v.item() for k, v in trainer.callback_metrics.items() if k.startswith("perf/")}
 
 
-def write_results(output_dir: Path, cfg: DictConfig, metrics: dict, model, datamodule) -> None:
+def write_results(
+    output_dir: Path, cfg: DictConfig, metrics: dict, model, datamodule, precision: str | None = None
+) -> None:
+    """metrics.json, config.yaml (resolved; `trainer.precision` as `precision`, what the trainer ran: Lightning
+    runs 16-mixed as bf16-mixed on CPU) and scores.csv."""
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics |= {
         "threshold": model.threshold,
@@ -205,7 +249,14 @@ def write_results(output_dir: Path, cfg: DictConfig, metrics: dict, model, datam
     }
     undefined = {k: None for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)}  # strict JSON: null
     (output_dir / "metrics.json").write_text(json.dumps(metrics | undefined, indent=2) + "\n")
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    requested = config.get("trainer", {}).get("precision")
+    if precision is not None and str(precision) != str(requested):
+        log.info(
+            "trainer.precision=%s ran as %s (Lightning's choice): config.yaml records the latter", requested, precision
+        )
+        config["trainer"]["precision"] = str(precision)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
     results = model.test_results
     scores, labels = results["scores"], results["labels"]
     test_minmax = min_max_normalise(scores, scores.min().item(), scores.max().item())
@@ -249,10 +300,19 @@ def write_figures(output_dir: Path, metrics: dict, model, datamodule, per_class:
     the data has it) of test images, as PNG in figures/."""
     results, folder = model.test_results, output_dir / "figures"
     title = f"{metrics['model']} {metrics['anomaly_class'] or metrics['data']} (protocol={metrics['protocol']})"
-    paths = [
-        score_histogram(results["scores"], results["labels"], folder / "score_histogram.png", title, model.threshold),
-        roc_and_pr_curves(results["scores"], results["labels"], folder / "roc_pr.png", title),
-    ]
+    # what the abnormal test images are: CIFAR-10's held-out class, else defects (folders', painted ones)
+    abnormal = f"anomaly: {metrics['anomaly_class']}" if metrics.get("anomaly_class") else "defect"
+    fitted = metrics["normalisation"] == "val_minmax"  # the honest evaluation's: as it decided on the scores
+    histogram = score_histogram(
+        results["scores"],
+        results["labels"],
+        folder / "score_histogram.png",
+        title,
+        model.threshold,
+        fitted_range=(model.score_min.item(), model.score_max.item()) if fitted else None,
+        abnormal=abnormal,
+    )
+    paths = [histogram, roc_and_pr_curves(results["scores"], results["labels"], folder / "roc_pr.png", title)]
     test = datamodule.test_set
     picks = [(test.labels == label).nonzero().flatten() for label in (0, 1)]
     count = min(per_class, *(len(p) for p in picks if len(p)))
@@ -264,7 +324,7 @@ def write_figures(output_dir: Path, metrics: dict, model, datamodule, per_class:
     x, maps = x.cpu(), detection.maps.cpu()
     if detection.x_fake is not None:  # a model that reconstructs
         x_fake = detection.x_fake.cpu()
-        names = [name for name, pick in zip(("normal", "defect"), picks, strict=True) if len(pick)]
+        names = [name for name, pick in zip(("normal", abnormal), picks, strict=True) if len(pick)]
         groups = {
             name: (x[i * count : (i + 1) * count], x_fake[i * count : (i + 1) * count]) for i, name in enumerate(names)
         }
@@ -312,7 +372,13 @@ def main(cfg: DictConfig) -> None:
 
 def remove_run_folder(output_dir: Path) -> None:
     """The folder Hydra made for a run that never started, and its parents that are left empty."""
-    logging.shutdown()  # close train.log before its folder goes
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in list(getattr(logger, "handlers", [])):  # train.log: closed and let go before its folder goes
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(
+                output_dir.resolve()
+            ):
+                handler.close()
+                logger.removeHandler(handler)
     shutil.rmtree(output_dir, ignore_errors=True)
     for parent in output_dir.resolve().parents:
         if parent == Path.cwd() or not parent.is_dir() or any(parent.iterdir()):

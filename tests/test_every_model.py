@@ -85,3 +85,20 @@ def test_every_model_exports_to_onnx_equal_to_itself(name, fitted, tmp_path):
     actual = [torch.from_numpy(a) for a in session.run(None, {"images": images.numpy()})]
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_models_maps_and_scores_stay_float32_under_bf16_autocast(name, fitted):
+    """precision=bf16-mixed runs the networks in bf16; the maps and scores computed from their outputs stay
+    float32: a reconstruction model's map under autocast is, to the bit, the float32 smoothing of its residual."""
+    from fned_lightning.scoring import residual_map, smooth
+
+    model, _ = fitted(name)
+    images = torch.rand(4, 1, 32, 32) * 2 - 1
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        detection = model.eval()(images)
+    assert detection.maps.dtype == detection.scores.dtype == torch.float32
+    assert torch.isfinite(detection.maps).all() and torch.isfinite(detection.scores).all()
+    if detection.x_fake is not None and getattr(model, "head", None) is None:
+        in_float32 = smooth(residual_map(model.match_intensity(images), detection.x_fake), model.map_sigma)
+        assert torch.equal(detection.maps, in_float32)

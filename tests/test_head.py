@@ -103,8 +103,10 @@ def test_a_training_step_feeds_g_simulated_anomalies_and_trains_the_head_with_it
 
 
 def test_the_head_learns_to_find_simulated_anomalies():
-    """On one fixed batch, the head's map finds the pixels of a fixed draw of anomalies after 60 steps,
-    as it could not at the start (pixel AUROC from about 0.5), and its focal loss falls."""
+    """On one fixed batch, the head's map finds the pixels of a fixed draw of anomalies after 120 steps,
+    as it could not at the start (pixel AUROC about 0.5: 0.46-0.64 over 12 draws for the untrained head, so
+    below 0.7), and its focal loss falls. A smoke test of one seed: over seeds 0-5 the AUROC after 120 steps
+    was 0.61-0.84 (after 60 steps, 0.49-0.83: too few to say the head learns)."""
     L.seed_everything(0)
     model = head_model("model.lr=2e-3")  # a few dozen steps at tiny widths
     data = tiny_parts()
@@ -123,11 +125,11 @@ def test_the_head_learns_to_find_simulated_anomalies():
 
     loss_before, auroc_before = focal_loss_and_pixel_auroc()
     model.train()
-    quiet_trainer(max_epochs=2, limit_val_batches=0).fit(
+    quiet_trainer(max_epochs=4, limit_val_batches=0).fit(
         model, train_dataloaders=SameBatch((x, data.train_set.labels[:16], None))
     )
     loss_after, auroc_after = focal_loss_and_pixel_auroc()
-    assert auroc_before < 0.6 and auroc_after > 0.75
+    assert auroc_before < 0.7 and auroc_after > 0.75, (auroc_before, auroc_after)
     assert loss_after < 0.85 * loss_before
 
 

@@ -4,8 +4,10 @@ stderr that names the option or the file (and the fix), and nothing created or l
 from pathlib import Path
 
 import pytest
+import torch
+from torchvision.io import write_png
 
-from tests.conftest import MODELS, TINY, TINY_MODELS, run_cli
+from tests.conftest import MODELS, TINY, TINY_MODELS, random_image, run_cli
 
 SYNTHETIC = [
     "data=synthetic",
@@ -40,6 +42,9 @@ def files(tmp_path_factory) -> Path:
     (root / "afile.png").write_bytes(b"not a folder")
     (root / "damaged.ckpt").write_bytes(bytes(range(256)) * 4)
     (root / "empty").mkdir()
+    for folder in ("train/good", "test/good", "test/crack"):  # a training set of one image
+        (root / "one" / folder).mkdir(parents=True)
+        write_png(random_image(1, 16, 16, seed=len(folder)), str(root / "one" / folder / "0.png"))
     return root
 
 
@@ -57,7 +62,19 @@ MISTAKES = [
     (TRAIN, ["data=folder", "data.root={files}/afile.png"], "data.root={files}/afile.png is a file, not a folder"),
     (TRAIN, ["data=folder", "data.root={files}/empty"], "{files}/empty/train/good"),
     (TRAIN, [*SYNTHETIC, "data.image_size=40"], "data.image_size=40 is not a multiple of 16"),
+    (TRAIN, [*SYNTHETIC, "data.image_size=48"], "data.image_size=48 is not a power of two, which DCGANDiscriminator"),
+    (TRAIN, [*SYNTHETIC, *FANOGAN, "data.image_size=96"], "data.image_size=96 is not a power of two"),
     (TRAIN, [*SYNTHETIC, "data.channels=2"], "data.channels must be 1 (grey) or 3 (colour), got 2"),
+    (TRAIN, ["data=folder", "data.root=~/parts"], """write 'data.root="~/parts"'"""),
+    (TRAIN, ["data=folder", "data.root=/srv/pièces"], """write 'data.root="/srv/pièces"'"""),
+    (TRAIN, [*SYNTHETIC, "data.val_fraction=0"], "data.val_fraction=0 of 48 normal training image(s) leaves 0 to"),
+    (
+        TRAIN,
+        ["data=folder", "data.root={files}/one", "data.channels=1", "data.image_size=16"],
+        "data.val_fraction=0.1 of 1 normal training image(s) leaves 0 to validate and 1 to train on",
+    ),
+    (TRAIN, [*SYNTHETIC, "model.generator.width=0"], "model.generator.width must be a whole number >= 1, got 0"),
+    (TRAIN, [*SYNTHETIC, *FANOGAN, "model.critic.width=-2"], "model.critic.width must be a whole number >= 1"),
     (TRAIN, [*SYNTHETIC, "data.batch_size=-4"], "data.batch_size must be a whole number >= 1, got -4"),
     (TRAIN, [*SYNTHETIC, "data.eval_batch_size=0"], "data.eval_batch_size must be a whole number >= 1, got 0"),
     (TRAIN, [*SYNTHETIC, "data.n_train=many"], "data.n_train must be a whole number >= 2, got 'many'"),
@@ -65,6 +82,7 @@ MISTAKES = [
     (TRAIN, [*SYNTHETIC, "data.intensity=bright"], "unknown data.intensity=bright; choose one of: none, per_image"),
     (TRAIN, [*SYNTHETIC, "seed=abc"], "seed must be a whole number >= 0"),
     (TRAIN, [*SYNTHETIC, "seed=-1"], "seed must be a whole number >= 0"),
+    (TRAIN, [*SYNTHETIC, "threads=0"], "threads must be a whole number >= 1, got 0"),
     (TRAIN, [*SYNTHETIC, "protocol=best"], "unknown protocol=best; choose one of: honest, paper, both"),
     (TRAIN, [*SYNTHETIC, "trainer.max_epochs=-1"], "trainer.max_epochs must be a whole number >= 1, got -1"),
     (
@@ -220,6 +238,8 @@ MISTAKES = [
     (REPORT, ["{files}/empty"], "no runs under {files}/empty"),
     (REPORT, ["/nonexistent/multirun"], "no such folder: /nonexistent/multirun"),
 ]
+if not torch.cuda.is_available():
+    MISTAKES.append((TRAIN, [*SYNTHETIC, "trainer.accelerator=gpu"], "trainer.accelerator=gpu, but torch sees no"))
 
 
 # these run as their own process too, the strictest check (a real command's whole stderr); the rest run
@@ -289,3 +309,34 @@ def as_a_process(module: str, arguments: list[str], cwd: Path) -> tuple[int, str
         [sys.executable, "-m", module, *arguments], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
     return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize(
+    "environment,message",
+    [
+        ({}, "there is no W&B API key here: run wandb login"),
+        ({"WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}, "127.0.0.1:9 cannot be reached"),
+    ],
+)
+def test_live_wandb_with_no_key_or_no_network_is_refused_before_training(
+    tmp_path, monkeypatch, capsys, environment, message
+):
+    """logger.wandb.offline=false: W&B would ask for a key, or wait for its server; one line instead."""
+    import runpy
+    import sys
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no key from `wandb login`
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.chdir(tmp_path)
+    arguments = [*TINY, *SYNTHETIC, "logger=[csv,wandb]", "logger.wandb.offline=false"]
+    monkeypatch.setattr(sys, "argv", [TRAIN, *(a for a in arguments if a != "logger=csv"), "hydra.run.dir=run"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_module(TRAIN, run_name="__main__", alter_sys=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exit.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "run").exists()

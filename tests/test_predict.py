@@ -224,9 +224,17 @@ def test_overlays_and_masks_are_at_each_inputs_own_resolution(checkpoint, parts,
         assert mask.size == own_size and set(np.unique(np.asarray(mask))) <= {0, 255}
         overlay = Image.open(tmp_path / "out" / "overlays" / f"{name}.png")
         zoom = -(-320 // min(own_size))  # drawn a whole number of times larger, to a readable size
+        caption = overlay.size[1] - own_size[1] * zoom  # a strip above the image: its file, score and decision
+        assert 30 < caption < 120 and overlay.size[0] > own_size[0] * zoom + 100  # the image and its scale
+        row = rows[f"{name}.{'jpg' if name == 'small' else 'png'}"]
+        file, decision, rule = overlay.text["Title"].splitlines()
+        assert file == row["path"].rsplit("/", 1)[-1] and rule.startswith("rule: raw score > ")
         assert (
-            overlay.size[1] == own_size[1] * zoom and overlay.size[0] > own_size[0] * zoom + 100
-        )  # the image and its scale
+            decision
+            == f"{row['decision']}: score {float(row['score']):.4g} (normalised {float(row['normalised_score']):.3g})"
+        )
+    title = Image.open(tmp_path / "out" / "overlays" / "line1__grey.png").text["Title"]
+    assert title.startswith("line1/grey.png\n")  # its path below the inputs' folder, as its file's name says
     # the mask is the map above the checkpoint's pixel threshold:
     # an image whose map is above it somewhere has white pixels
     summary = json.loads((tmp_path / "out" / "predictions.json").read_text())

@@ -166,6 +166,25 @@ def test_paper_protocol_run_is_labelled_and_reports_the_best_logged_epoch_and_it
     best = max(logged, key=lambda epoch: (logged[epoch], -epoch))  # the first of equals, as the selection keeps it
     assert metrics["tested_epoch"] == best
     assert metrics["auroc"] == pytest.approx(logged[best], abs=1e-6)  # the same weights, the same train-mode pass
+    warnings = (run / "train.log").read_text().count("ordered by the test labels")
+    assert warnings == (1 if data == "cifar10" else 0)  # said once a run, where the order uses the labels
+
+
+def test_the_papers_label_ordered_test_batches_are_warned_of_where_they_are_used(caplog, cifar_folder, parts_folder):
+    from types import SimpleNamespace
+
+    from fned_lightning.data.cifar10 import CIFAR10OneClass
+    from fned_lightning.data.folder import ImageFolderAnomaly
+
+    def warned(datamodule) -> bool:
+        caplog.clear()
+        PaperProtocol().on_fit_start(SimpleNamespace(datamodule=datamodule), None)
+        return "ordered by the test labels" in caplog.text and "data.paper_test_batches=mixed" in caplog.text
+
+    assert warned(CIFAR10OneClass(root=str(cifar_folder), anomaly_class="horse"))
+    assert not warned(CIFAR10OneClass(root=str(cifar_folder), anomaly_class="horse", paper_test_batches="mixed"))
+    assert not warned(ImageFolderAnomaly(root=str(parts_folder)))  # its test set is shuffled, as the anchors' was
+    assert not warned(tiny_parts())
 
 
 class LearningRates(L.Callback):

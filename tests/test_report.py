@@ -1,5 +1,7 @@
 import csv
 import json
+import os
+import time
 
 import pytest
 from omegaconf import OmegaConf
@@ -8,10 +10,18 @@ from fned_lightning.report import main as report_main
 
 
 def fake_run(
-    root, name, metrics=None, model="fned", data="cifar10", anomaly_class="horse", protocol="honest", model_config=None
+    root,
+    name,
+    metrics=None,
+    model="fned",
+    data="cifar10",
+    anomaly_class="horse",
+    protocol="honest",
+    model_config=None,
+    failure=None,
 ):
     """A run folder as train.py leaves it: .hydra/ always, metrics.json (and the resolved config.yaml, here
-    only its `model`) only when it finished."""
+    only its `model`) only when it finished, failed.txt (`failure`) when it raised."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(
@@ -19,6 +29,8 @@ def fake_run(
         run / ".hydra/config.yaml",
     )
     OmegaConf.save({"hydra": {"runtime": {"choices": {"model": model, "data": data}}}}, run / ".hydra/hydra.yaml")
+    if failure is not None:
+        (run / "failed.txt").write_text(failure + "\n")
     if metrics is not None:
         base = {
             "model": model,
@@ -40,7 +52,7 @@ def test_tables_average_seeds_and_show_missing_and_failed_runs(tmp_path, capsys)
     fake_run(runs, "0", scores(0.8, auprc=0.6) | {"epochs": 2, "train_images_per_epoch": 1280, "n_train": 42750})
     fake_run(runs, "1", scores(0.9, auprc=0.7) | {"epochs": 2, "n_train": 42750})  # a second seed; budget: all images
     fake_run(runs, "2", scores(0.5), anomaly_class="airplane", model="ganomaly")
-    fake_run(runs, "3", None, anomaly_class="cat", model="ganomaly")  # started, never finished
+    fake_run(runs, "3", None, anomaly_class="cat", model="ganomaly", failure="RuntimeError: out of memory")
     fake_run(runs, "4", scores(0.95), protocol="paper")
     fake_run(runs, "5", scores(0.7, auprc=0.9), data="folder", anomaly_class=None, model="skip_ganomaly")
     report_main([str(runs), "--wandb", "off"])
@@ -60,7 +72,8 @@ def test_tables_average_seeds_and_show_missing_and_failed_runs(tmp_path, capsys)
         folder_row["model"] == "Skip-GANomaly" and folder_row["AUPRC"] == "0.900" and folder_row["data set"] == "folder"
     )
     text = capsys.readouterr().out
-    assert "Table 1" in text and "FNED (paper, its protocol)" in text and "5 finished, 1 failed" in text
+    assert "Table 1" in text and "FNED (paper, its protocol)" in text and "5 finished, 1 failed;" in text
+    assert f"- {runs / '3'}: RuntimeError: out of memory" in text  # the error, quoted from failed.txt
     assert (out / "auroc_bars.png").stat().st_size > 0 and (out / "tables.md").exists()
 
 
@@ -175,3 +188,63 @@ def test_real_validation_defects_get_a_table_beside_the_test_auroc_and_a_head_na
     assert list(rows) == ["FNED (segmentation head 32)"]
     assert rows["FNED (segmentation head 32)"]["AUROC (its image score)"].startswith("0.800")
     assert rows["FNED (segmentation head 32)"]["test AUROC (honest)"].startswith("0.700")
+
+
+def age(run, seconds):
+    """Make everything in a run folder look last written `seconds` ago."""
+    then = time.time() - seconds
+    for path in [run, *run.rglob("*")]:
+        os.utime(path, (then, then))
+
+
+def test_a_run_still_being_written_is_running_not_failed_and_only_failed_txt_means_failed(tmp_path, capsys):
+    runs = tmp_path / "multirun"
+    fake_run(runs, "0", scores(0.8))
+    fake_run(runs, "1", None, anomaly_class="cat")  # its train.log and checkpoints being written now
+    (runs / "1" / "train.log").write_text("epoch 3\n")
+    fake_run(runs, "2", None, anomaly_class="dog", failure="ValueError: bad")
+    fake_run(runs, "3", None, anomaly_class="deer")  # killed two hours ago: no failed.txt, nothing written since
+    age(runs / "3", 2 * 3600)
+    fake_run(runs, "4", None, data="folder", anomaly_class=None, model="ganomaly")  # a folder run, running
+    fake_run(runs, "5", None, anomaly_class="frog", failure="RuntimeError: killed")  # failed a day ago, rerun now
+    age(runs / "5", 24 * 3600)
+    (runs / "5" / "train.log").write_text("resuming\n")
+    report_main([str(runs), "--wandb", "off"])
+    text = capsys.readouterr().out
+    with open(runs / "report" / "table1_auroc.csv") as file:
+        (row,) = list(csv.DictReader(file))
+    assert (row["cat"], row["dog"], row["deer"], row["frog"]) == ("running", "failed", "stopped", "running")
+    assert row["horse"] == "0.800"
+    with open(runs / "report" / "table3_folder.csv") as file:
+        (folder_row,) = list(csv.DictReader(file))
+    assert folder_row["AUROC"] == "running"
+    assert "Runs: 1 finished, 1 failed, 3 running, 1 stopped;" in text
+    assert f"Running runs (no metrics.json yet; written to in the last 60 min):\n\n- {runs / '1'}\n" in text
+    assert f"- {runs / '2'}: ValueError: bad" in text and "Stopped runs" in text
+    report_main([str(runs), "--wandb", "off", "--running-within", "300", "--out", str(tmp_path / "r")])
+    assert "Runs: 1 finished, 1 failed, 4 running;" in capsys.readouterr().out  # two hours is within 300 minutes
+
+
+def test_the_report_is_never_written_into_a_run_folder_that_has_not_finished(tmp_path, capsys):
+    outputs = tmp_path / "outputs" / "fned" / "horse"
+    fake_run(outputs, "2025-01-01_10-00-00", None)  # a single run, still being written
+    report_main([str(outputs / "2025-01-01_10-00-00"), "--wandb", "off"])
+    assert not (outputs / "2025-01-01_10-00-00" / "report").exists()
+    assert (outputs / "report" / "tables.md").is_file()  # beside the run, not in it
+    with pytest.raises(SystemExit) as exit:  # nor when asked to
+        report_main([str(outputs), "--wandb", "off", "--out", str(outputs / "2025-01-01_10-00-00" / "tables")])
+    assert exit.value.code == 2 and "a run that has not finished" in capsys.readouterr().err
+    assert not (outputs / "2025-01-01_10-00-00" / "tables").exists()
+
+
+def test_the_papers_fastener_numbers_are_a_table_of_their_own_never_rows_of_ours(tmp_path):
+    runs = tmp_path / "multirun"
+    fake_run(runs, "0", scores(0.6) | {"epochs": 1, "n_train": 320}, data="mvtec_screw", anomaly_class=None)
+    report_main([str(runs), "--wandb", "off"])
+    text = (runs / "report" / "tables.md").read_text()
+    ours, theirs = text.split("### Table 3")[1].split("### The paper's Table 3")
+    assert "mvtec_screw" in ours and "(paper, its protocol)" not in ours and "fasteners" not in ours.split("\n\n", 1)[1]
+    assert "railway fasteners" in theirs and "FNED (paper, its protocol) | 15 ep x all img | 0.987" in theirs
+    assert "mvtec_screw" not in theirs
+    with open(runs / "report" / "table3_folder.csv") as file:
+        assert [row["model"] for row in csv.DictReader(file)] == ["FNED"]

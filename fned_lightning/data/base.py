@@ -196,6 +196,11 @@ class AnomalyDataModule(L.LightningDataModule):
             )
         if channels not in (1, 3):
             raise InputError(f"data.channels must be 1 (grey) or 3 (colour), got {channels}")
+        if on_device and num_workers:
+            raise InputError(
+                f"data.on_device=true keeps the images on the accelerator, which data.num_workers={num_workers} "
+                f"worker processes cannot read: give data.num_workers=0 (the data is in memory already)"
+            )
         if not 0 <= val_fraction < 1:
             raise InputError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         self.root = Path(root).expanduser() if root is not None else None

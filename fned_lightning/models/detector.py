@@ -53,6 +53,18 @@ def check_optimiser(lr_options: dict[str, float], betas) -> None:
         check_number("each of model.betas", beta, 0, 1, below_high=True)
 
 
+NETWORK_SIZES = ("width", "latent", "out_features", "depth")  # a network's sizes: whole numbers >= 1
+
+
+def check_network_sizes(networks: dict[str, dict | None]) -> None:
+    """Each network config's sizes, named as the config names them (`model.generator.width`), before any
+    network is built: a width of 0 would otherwise fail deep inside a convolution."""
+    for name, config in networks.items():
+        for key in NETWORK_SIZES:
+            if config is not None and key in config:
+                check_number(f"model.{name}.{key}", config[key], 1, integer=True)
+
+
 def each_image_once(index: torch.Tensor) -> torch.Tensor:
     """Positions of the first occurrence of each image index: under DDP the sampler pads the last
     batches with repeats, and gathered results must count every image once."""
@@ -157,6 +169,7 @@ class AnomalyDetector(L.LightningModule):
         self.test_results: dict | None = None
         # data.synthetic_val_defects, data.val_defects: the last validation's defect metrics
         self.val_results: dict = {}
+        self.fitted_at_step: int | None = None  # the training step whose weights the validation fits are of
 
     display_name: str | None = None  # in reports; None: the class's name
     pretrained = False  # whether it sees through a network trained on other images (ImageNet), marked † in reports
@@ -184,8 +197,9 @@ class AnomalyDetector(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         # Every epoch's random draws (its shuffle, noise, latent samples, D re-initialisations) come from
         # the run's seed and the epoch alone, so a run resumed from a checkpoint draws what an
-        # uninterrupted one does. (The training order has its own generator: data.EpochShuffle.)
-        torch.manual_seed(epoch_seed(self.run_seed, self.current_epoch))
+        # uninterrupted one does. (The training order has its own generator: data.EpochShuffle.) Each DDP
+        # rank draws its own: the same noise on every rank would train on one rank's draws N times over.
+        torch.manual_seed(epoch_seed(self.run_seed, self.current_epoch, self.global_rank))
 
     def match_intensity(self, x: torch.Tensor) -> torch.Tensor:
         """x as the networks see it: with intensity="per_image", each image's mean and standard deviation
@@ -263,6 +277,7 @@ class AnomalyDetector(L.LightningModule):
                 rank_zero_only=True,
             )
         scores, maps = scores[normal], maps[normal]
+        self.fitted_at_step = self.global_step
         self.score_min.fill_(scores.min())
         self.score_max.fill_(scores.max())
         self.score_threshold.fill_(torch.quantile(scores.float(), 1 - self.false_positive_rate))

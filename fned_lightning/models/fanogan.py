@@ -6,8 +6,19 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from fned_lightning.errors import InputError, check_number
-from fned_lightning.models.detector import check_optimiser
+from fned_lightning.models.detector import check_network_sizes, check_optimiser
 from fned_lightning.models.reconstruction import ReconstructionDetector
+
+
+def check_precision(precision: str) -> None:
+    """fp16 is refused: the gradient penalty differentiates the critic's input gradient, which fp16's loss
+    scaling (16-mixed) does not reach and which underflows in fp16 without it (16-true). bf16 has float32's
+    range and needs no scaling."""
+    if precision in ("16-mixed", "16-true"):
+        raise InputError(
+            f"model=fanogan cannot train with trainer.precision={precision}: its gradient penalty's input "
+            f"gradients would underflow in fp16; give trainer.precision=bf16-mixed or 32-true"
+        )
 
 
 class FAnoGAN(ReconstructionDetector):
@@ -43,6 +54,7 @@ class FAnoGAN(ReconstructionDetector):
     ):
         super().__init__(threshold, protocol, false_positive_rate, intensity, map_sigma, image_score)
         check_optimiser({"model.lr": lr, "model.encoder_lr": encoder_lr}, betas)
+        check_network_sizes({"generator": generator, "critic": critic, "encoder": encoder})
         check_number("model.latent", latent, 1, integer=True)
         check_number("model.critic_steps", critic_steps, 1, integer=True)
         check_number("model.gp_weight", gp_weight, 0)
@@ -67,6 +79,7 @@ class FAnoGAN(ReconstructionDetector):
 
     def on_fit_start(self) -> None:
         self.check_epochs(self.trainer.max_epochs)
+        check_precision(self.trainer.precision)
         super().on_fit_start()
 
     def training_step(self, batch, batch_idx: int) -> None:

@@ -16,7 +16,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from fned_lightning.defects import check_corruption, corrupt
 from fned_lightning.errors import InputError, check_number
-from fned_lightning.models.detector import check_optimiser
+from fned_lightning.models.detector import check_network_sizes, check_optimiser
 from fned_lightning.models.reconstruction import ReconstructionDetector
 from fned_lightning.networks.dcgan import dcgan_init
 from fned_lightning.seeding import epoch_seed
@@ -87,6 +87,7 @@ class AnomalyGAN(ReconstructionDetector):
                 f"{train_corruption}: give model.train_corruption=none, or leave out model.head"
             )
         check_optimiser({"model.lr": lr}, betas)
+        check_network_sizes({"generator": generator, "discriminator": discriminator, "head": head})
         for name, weight in (loss_weights or {}).items():
             check_number(f"model.loss_weights.{name}", weight, 0)
         check_number("model.lr_decay_fraction", lr_decay_fraction, 0, 1)

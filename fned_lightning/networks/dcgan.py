@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from fned_lightning.errors import check_image_size
+from fned_lightning.errors import check_halved_to_4x4
 from fned_lightning.networks.layers import WholeImageConv2d, WholeImageConvTranspose2d
 
 
@@ -24,7 +24,7 @@ class DCGANEncoder(nn.Module):
 
     def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64, out_channels: int = 100):
         super().__init__()
-        check_image_size(image_size, f"{type(self).__name__} image_size")
+        check_halved_to_4x4(image_size, type(self).__name__)
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         size, ch = image_size // 2, width
         while size > 4:
@@ -74,7 +74,7 @@ class DCGANDecoder(nn.Module):
 
     def __init__(self, image_size: int = 32, channels: int = 3, width: int = 64, latent: int = 100):
         super().__init__()
-        check_image_size(image_size, f"{type(self).__name__} image_size")
+        check_halved_to_4x4(image_size, type(self).__name__)
         ch = width * image_size // 8  # mirrors the encoder: `width` channels at image_size / 2
         layers: list[nn.Module] = [
             WholeImageConvTranspose2d(latent, ch, 4, 1, 0, bias=False),

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fned_lightning.errors import check_image_size
+from fned_lightning.errors import check_halved_to_4x4
 
 
 def level_widths(image_size: int, width: int) -> list[int]:
@@ -56,7 +56,7 @@ class ResNetGenerator(nn.Module):
 
     def __init__(self, image_size: int = 64, channels: int = 1, width: int = 64, latent: int = 128):
         super().__init__()
-        check_image_size(image_size, f"{type(self).__name__} image_size")
+        check_halved_to_4x4(image_size, type(self).__name__)
         widths = level_widths(image_size, width)
         self.input = nn.Linear(latent, widths[-1] * 16)
         self.blocks = nn.Sequential(
@@ -80,7 +80,7 @@ class ResNetEncoder(nn.Module):
         self, image_size: int = 64, channels: int = 1, width: int = 64, out_features: int = 128, norm: str = "batch"
     ):
         super().__init__()
-        check_image_size(image_size, f"{type(self).__name__} image_size")
+        check_halved_to_4x4(image_size, type(self).__name__)
         norms = {"batch": nn.BatchNorm2d, "layer": layer_norm}
         if norm not in norms:
             raise ValueError(f"norm must be one of {', '.join(norms)}, got {norm!r}")

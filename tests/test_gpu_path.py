@@ -1,0 +1,148 @@
+"""The GPU path, sound by construction and checked on the CPU: what would make a GPU wait, draw the same
+noise on every DDP rank, coarsen the maps or mis-scale a gradient penalty (issue 37). tests/test_gpu.py runs
+the same code on a GPU where there is one."""
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.strategies import DDPStrategy
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from fned_lightning.data.synthetic import SyntheticParts
+from fned_lightning.errors import InputError
+from fned_lightning.seeding import epoch_seed
+from fned_lightning.simulated_anomalies import simulate_anomalies
+from fned_lightning.train import fit
+from tests.conftest import TINY_MODELS, compose_config
+
+
+def test_the_progress_bar_reads_the_losses_every_50_batches_by_default():
+    """Each refresh reads the logged losses from the device: on a GPU, a wait."""
+    cfg = compose_config("anomaly_class=horse")
+    bar = instantiate(cfg.callbacks.progress_bar)
+    assert isinstance(bar, TQDMProgressBar) and bar.refresh_rate == 50 == cfg.trainer.log_every_n_steps
+
+
+class DevicesTouched(TorchDispatchMode):
+    """The devices of every tensor an operation reads or makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices: dict[str, str] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten((args, kwargs, out))[0]:
+            if isinstance(tensor, torch.Tensor):
+                self.devices.setdefault(tensor.device.type, str(func))
+        return out
+
+
+def test_simulated_anomalies_are_drawn_on_the_images_device_alone():
+    """On the meta device nothing can be read: a draw on the host, an index built there and copied over,
+    or a value read back (each a wait on a GPU) would show up as a CPU tensor, or fail."""
+    images = torch.zeros(6, 3, 64, 64, device="meta")
+    with DevicesTouched() as touched:
+        damaged, masks = simulate_anomalies(images)
+    assert set(touched.devices) == {"meta"}, touched.devices
+    assert damaged.shape == images.shape and masks.shape == (6, 1, 64, 64)
+
+
+def test_each_ddp_rank_draws_its_own_noise_and_rank_0_the_single_process_draws():
+    seeds = {epoch_seed(7, 3, rank) for rank in range(8)}
+    assert len(seeds) == 8 and epoch_seed(7, 3, 0) == epoch_seed(7, 3)
+
+
+def test_fanogan_refuses_fp16_in_one_line():
+    from types import SimpleNamespace
+
+    model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS["fanogan"]).model)
+    for precision in ("16-mixed", "16-true"):
+        model.trainer = SimpleNamespace(precision=precision, max_epochs=2)
+        with pytest.raises(InputError, match=f"trainer.precision={precision}.*bf16-mixed or 32-true"):
+            model.on_fit_start()
+
+
+def test_data_held_on_the_device_refuses_loader_workers():
+    with pytest.raises(InputError, match="data.on_device=true .* data.num_workers=2 .* give data.num_workers=0"):
+        SyntheticParts(on_device=True, num_workers=2)
+
+
+def tiny_data() -> SyntheticParts:
+    return SyntheticParts(
+        n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2
+    )
+
+
+def quiet_trainer(**settings) -> L.Trainer:
+    return L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **settings,
+    )
+
+
+def test_the_normalisation_is_fitted_on_the_final_weights_when_validation_skips_epochs():
+    """check_val_every_n_epoch=2 over 3 epochs: the last validation saw epoch 2's weights; the test must not."""
+    L.seed_everything(0)
+    model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS["fned"]).model)
+    data = tiny_data()
+    trainer = quiet_trainer(max_epochs=3, check_val_every_n_epoch=2)
+    fit(trainer, model, data, None)
+    assert model.fitted_at_step == trainer.global_step
+    fitted = model.score_min.clone(), model.score_max.clone(), model.score_threshold.clone()
+    trainer.validate(model, datamodule=data, verbose=False)  # what a validation of the final weights fits
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(fitted, (model.score_min, model.score_max, model.score_threshold), strict=True)
+    )
+
+
+class RankRecorder(L.Callback):
+    """Makes only rank 0's D collapse, and keeps what each rank drew and its D's weights in a file."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_start(self, trainer, pl_module):
+        pl_module.hparams.d_collapse_loss = 1e9 if trainer.global_rank == 0 else -1.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:  # after the epoch's seeding: what this rank's noise starts with
+            self.noise = torch.rand(4)
+
+    def on_train_end(self, trainer, pl_module):
+        # its parameters: BatchNorm's running statistics move on each rank's own batches, as DDP has it
+        weights = {name: p.detach() for name, p in pl_module.discriminator.named_parameters()}
+        state = {"noise": self.noise, "discriminator": weights}
+        torch.save(state, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def test_two_gloo_ranks_draw_their_own_noise_and_restart_d_together(tmp_path):
+    """DDP on two CPU processes (gloo): a collapse seen on one rank restarts D on both, with the same
+    weights (else the copies drift apart); each rank's noise is its own."""
+    L.seed_everything(0)
+    model = instantiate(
+        compose_config(
+            "data=synthetic", "data.image_size=16", *TINY_MODELS["fned"], "model.d_collapse_check_interval=1"
+        ).model
+    )
+    trainer = quiet_trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(start_method="fork", process_group_backend="gloo", find_unused_parameters=True),
+        max_epochs=1,
+        limit_val_batches=0,
+        callbacks=[RankRecorder(tmp_path)],
+    )
+    trainer.fit(model, datamodule=tiny_data())
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert not torch.equal(ranks[0]["noise"], ranks[1]["noise"])
+    for name, weight in ranks[0]["discriminator"].items():
+        assert torch.equal(weight, ranks[1]["discriminator"][name]), name
