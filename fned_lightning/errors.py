@@ -10,6 +10,7 @@ import re
 import sys
 import traceback
 
+import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
@@ -70,6 +71,17 @@ def check_halved_to_4x4(image_size: int, network: str) -> None:
         raise InputError(
             f"data.image_size={image_size} is not a power of two, which {network} needs (it halves the image "
             f"down to 4x4): use 16, 32, 64, 128 or 256 (model=padim and model=patchcore take any multiple of 16)"
+        )
+
+
+def check_accelerator(accelerator: str) -> None:
+    """A GPU asked for where torch sees none: one line, not Lightning's traceback. (Here, not in train.py:
+    a sweep launcher pickles train.py's functions by value, and torch.backends does not pickle.)"""
+    mps = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's gpu takes Apple's too
+    if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available() and not mps:
+        raise InputError(
+            f"trainer.accelerator={accelerator}, but torch sees no CUDA GPU here: give trainer.accelerator=cpu "
+            f"(or auto), or run on a GPU machine (experiment=gpu asks for one)"
         )
 
 
@@ -171,14 +183,14 @@ def run_hydra_cli(main, config_name: str) -> None:
 
 def override_message(error: str) -> str:
     """Hydra's parse error as one line with the fix: a value with a character its grammar takes only inside
-    quotes (~, a space, a letter outside ASCII, ...) gets the override written back quoted."""
+    quotes (~, a letter outside ASCII, ...) gets the override written back quoted."""
     first = error.splitlines()[0]
     override = re.search(r"Exception: ([\w.+~/-]+)=(.+)$", first)
     if override:
         key, value = override.groups()
         return (
-            f"cannot read the command-line override {key}={value}: Hydra reads a value with ~, spaces or "
-            f"characters outside ASCII only inside quotes; write '{key}=\"{value}\"'"
+            f"cannot read the command-line override {key}={value}: Hydra reads a value with ~ or characters "
+            f"outside ASCII (or brackets, quotes, ...) only inside quotes; write '{key}=\"{value}\"'"
         )
     return f"cannot read the command-line override: {first}; write key=value, e.g. seed=1"
 

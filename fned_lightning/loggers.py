@@ -60,7 +60,7 @@ def check_wandb_online(timeout_s: float = 5.0) -> None:
     later = "or leave W&B offline (the default) and upload later with wandb sync <run>/wandb/offline-run-*"
     if not os.environ.get("WANDB_API_KEY"):
         try:
-            key = netrc.netrc().authenticators(host)
+            key = netrc.netrc(os.environ.get("NETRC")).authenticators(host)  # where W&B itself looks
         except (OSError, netrc.NetrcParseError):
             key = None
         if key is None:
@@ -68,6 +68,8 @@ def check_wandb_online(timeout_s: float = 5.0) -> None:
                 f"logger.wandb.offline=false logs live to W&B, but there is no W&B API key here: run wandb login "
                 f"(or set WANDB_API_KEY), {later}"
             )
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return  # W&B goes through the proxy, which a direct connection would not
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as error:

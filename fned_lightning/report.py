@@ -165,7 +165,7 @@ def run_state(run: Path, now: float, running_within: float) -> str:
     last, marker = last_written(run), run / FAILURE_MARKER
     if marker.exists() and last <= marker.stat().st_mtime + RERUN_AFTER_S:
         return "failed"
-    return "running" if now - last < running_within else ("failed" if marker.exists() else "stopped")
+    return "running" if now - last < running_within else "stopped"  # started again since it failed
 
 
 def last_written(folder: Path) -> float:

@@ -23,7 +23,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from fned_lightning.checkpoints import MOVED, read_checkpoint
 from fned_lightning.data.base import to_model_range
-from fned_lightning.errors import InputError, check_number, check_options, fail, input_error_in, run_hydra_cli
+from fned_lightning.errors import (
+    InputError,
+    check_accelerator,
+    check_number,
+    check_options,
+    fail,
+    input_error_in,
+    run_hydra_cli,
+)
 from fned_lightning.figures import anomaly_map_grid, reconstruction_grid, roc_and_pr_curves, score_histogram
 from fned_lightning.loggers import hide_lightning_tips, run_id
 from fned_lightning.models.detector import AnomalyDetector
@@ -72,7 +80,7 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # read the data first: bad paths and images fail before any model is built
-    check_validation_split(datamodule)
+    check_validation_split(datamodule, cfg.trainer.get("limit_val_batches"))
     model = instantiate(cfg.model)
     model.check_epochs(cfg.trainer.max_epochs)
     loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values()]
@@ -80,7 +88,12 @@ def train(cfg: DictConfig) -> dict:
         for logger in loggers:
             if hasattr(logger, "keep_epochs_before"):
                 logger.keep_epochs_before(epochs_done)
-    callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
+    callbacks = [
+        instantiate(callback)
+        for name, callback in (cfg.get("callbacks") or {}).items()
+        if callback is not None  # callbacks.<name>=null leaves one out
+        and not (name == "progress_bar" and cfg.trainer.get("enable_progress_bar") is False)  # Lightning refuses both
+    ]
     paper = PaperProtocol() if cfg.protocol in ("paper", "both") else None
     callbacks += [paper] if paper else []
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
@@ -108,19 +121,15 @@ def train(cfg: DictConfig) -> dict:
             wandb.finish()  # each multirun job is its own W&B run
 
 
-def check_accelerator(accelerator: str) -> None:
-    """A GPU asked for where torch sees none: one line, not Lightning's traceback."""
-    if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise InputError(
-            f"trainer.accelerator={accelerator}, but torch sees no CUDA GPU here: give trainer.accelerator=cpu "
-            f"(or auto), or run on a GPU machine (experiment=gpu asks for one)"
-        )
-
-
-def check_validation_split(datamodule) -> None:
+def check_validation_split(datamodule, limit_val_batches) -> None:
     """The honest evaluation fits its normalisation and thresholds on normal validation images: a run with
     none (data.val_fraction=0, or too few training images) would train and leave a checkpoint nothing can
     score with, so it is refused before training."""
+    if limit_val_batches == 0:
+        raise InputError(
+            "trainer.limit_val_batches=0 skips the validation that fits the score's normalisation and thresholds, "
+            "which the test and predict use: give a positive trainer.limit_val_batches (or leave it out)"
+        )
     sizes = datamodule.split_sizes()
     if sizes["n_val"] == 0 or sizes["n_train"] == 0:
         total = sizes["n_val"] + sizes["n_train"]
@@ -138,9 +147,15 @@ def fit(trainer: L.Trainer, model: AnomalyDetector, datamodule, ckpt_path: str |
     > 1), it runs once more, on the final weights."""
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     speed = throughput(trainer)  # before a validation: it resets the logged metrics
-    if model.fitted_at_step != trainer.global_step and trainer.limit_val_batches:
+    # (protocol=paper has loaded its selected epoch's weights by now, and tests with test-set min-max)
+    if model.fitted_at_step != trainer.global_step and model.protocol != "paper":
         log.info("validating the final weights: the normalisation and thresholds are fitted on them")
         trainer.validate(model, datamodule=datamodule, verbose=False)
+        saved = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if saved and trainer.is_global_zero:  # last.ckpt links to it: predict and export read these fits
+            checkpoint = torch.load(saved, weights_only=True)  # the last epoch's, all else as Lightning saved it
+            checkpoint["state_dict"] = model.state_dict()
+            torch.save(checkpoint, saved)
     return speed
 
 
@@ -355,6 +370,7 @@ def main(cfg: DictConfig) -> None:
     output_dir = Path(cfg.output_dir)
     made_for_this_run = {p.name for p in output_dir.iterdir()} <= HYDRA_OWN
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    (output_dir / "failed.txt").unlink(missing_ok=True)  # an earlier attempt's: this one decides now
     try:
         train(cfg)
     except Exception as error:

@@ -65,9 +65,12 @@ def run_cli(
     return run_in_this_process(module, arguments, tmp_path)
 
 
-def run_in_this_process(module: str, arguments: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """`python -m module arguments` in this process, in `cwd`, with W&B off; the working folder, the
-    environment, argv and the logging set-up are put back afterwards."""
+def run_in_this_process(
+    module: str, arguments: list[str], cwd: Path, environment: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m module arguments` in this process, in `cwd`, with W&B off and `environment` (None: unset);
+    what a run changes for the whole process is put back afterwards: the working folder, the environment,
+    argv, the logging set-up, torch's threads, precision and backend flags, and the random generators."""
     import contextlib
     import io
     import logging
@@ -76,14 +79,27 @@ def run_in_this_process(module: str, arguments: list[str], cwd: Path) -> subproc
     import warnings
 
     out, err = io.StringIO(), io.StringIO()
-    saved = os.getcwd(), dict(os.environ), sys.argv, logging.getLogger().handlers[:]
-    threads, matmul = torch.get_num_threads(), torch.get_float32_matmul_precision()  # a run may set either
+    root, tips = logging.getLogger(), logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    saved = os.getcwd(), dict(os.environ), sys.argv, root.handlers[:], root.level, tips.filters[:]
+    torch_settings = (
+        torch.get_num_threads(),
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+    )
     os.environ.update(WANDB_MODE="disabled")
+    for name, value in (environment or {}).items():
+        os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
     os.chdir(cwd)
     sys.argv = [module, *arguments]
     code = 0
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            warnings.catch_warnings(),
+            torch.random.fork_rng(devices=[]),
+        ):
             warnings.simplefilter("ignore")
             try:
                 runpy.run_module(module, run_name="__main__", alter_sys=False)
@@ -97,14 +113,17 @@ def run_in_this_process(module: str, arguments: list[str], cwd: Path) -> subproc
         os.environ.clear()
         os.environ.update(saved[1])
         sys.argv = saved[2]
-        torch.set_num_threads(threads)
-        torch.set_float32_matmul_precision(matmul)
-        root = logging.getLogger()
+        torch.set_num_threads(torch_settings[0])
+        torch.set_float32_matmul_precision(torch_settings[1])
+        torch.backends.cudnn.benchmark = torch_settings[2]
+        torch.use_deterministic_algorithms(torch_settings[3])
         for handler in root.handlers[:]:  # the run's own (its train.log, its console): closed, the suite's back
             if handler not in saved[3]:
                 handler.close()
                 root.removeHandler(handler)
         root.handlers[:] = saved[3]
+        root.setLevel(saved[4])
+        tips.filters[:] = saved[5]
     return subprocess.CompletedProcess([module, *arguments], code, out.getvalue(), err.getvalue())
 
 
@@ -156,8 +175,8 @@ PROCESS_STARTERS = {"run_cli", "kill_after_first_checkpoint", "subprocess"}
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that start the command line as its own process are marked `cli`: `make test-fast` leaves
-    them out (about half the suite's time); `make test`, which CI runs, keeps them."""
+    """Tests that run the command line (in this process or as a process of its own) are marked `cli`:
+    `make test-fast` leaves them out; `make test`, which CI runs, keeps them."""
     for item in items:
         functions = [getattr(item, "function", None)] + [
             definition.func for definitions in item._fixtureinfo.name2fixturedefs.values() for definition in definitions

@@ -88,20 +88,33 @@ def quiet_trainer(**settings) -> L.Trainer:
     )
 
 
-def test_the_normalisation_is_fitted_on_the_final_weights_when_validation_skips_epochs():
-    """check_val_every_n_epoch=2 over 3 epochs: the last validation saw epoch 2's weights; the test must not."""
+def test_the_normalisation_is_fitted_on_the_final_weights_when_validation_skips_epochs(tmp_path):
+    """check_val_every_n_epoch=2 over 3 epochs: the last validation saw epoch 2's weights; the test must not,
+    and last.ckpt (what predict and export read) holds the final weights with their own fits."""
     L.seed_everything(0)
-    model = instantiate(compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS["fned"]).model)
+    cfg = compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS["fned"])
+    model = instantiate(cfg.model)
     data = tiny_data()
-    trainer = quiet_trainer(max_epochs=3, check_val_every_n_epoch=2)
+    checkpoint = instantiate(cfg.callbacks.checkpoint, dirpath=str(tmp_path))
+    trainer = L.Trainer(
+        max_epochs=3,
+        check_val_every_n_epoch=2,
+        callbacks=[checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     fit(trainer, model, data, None)
     assert model.fitted_at_step == trainer.global_step
-    fitted = model.score_min.clone(), model.score_max.clone(), model.score_threshold.clone()
+    fitted = {name: getattr(model, name).clone() for name in ("score_min", "score_max", "score_threshold")}
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 2
+    for name, value in fitted.items():
+        assert torch.equal(saved["state_dict"][name], value), name
     trainer.validate(model, datamodule=data, verbose=False)  # what a validation of the final weights fits
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(fitted, (model.score_min, model.score_max, model.score_threshold), strict=True)
-    )
+    for name, value in fitted.items():
+        assert torch.equal(getattr(model, name), value), name
 
 
 class RankRecorder(L.Callback):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from tests.conftest import MODELS, TINY, TINY_MODELS, random_image, run_cli
+from tests.conftest import MODELS, TINY, TINY_MODELS, random_image, run_cli, run_in_this_process
 
 SYNTHETIC = [
     "data=synthetic",
@@ -260,9 +260,7 @@ def tree(folder: Path) -> set[Path]:
 
 
 @pytest.mark.parametrize("module,arguments,message", MISTAKES, ids=[" ".join(a)[-60:] or m for m, a, _ in MISTAKES])
-def test_every_mistake_gets_one_line_exit_2_and_leaves_nothing(
-    tmp_path, trained, files, module, arguments, message, monkeypatch, capsys
-):
+def test_every_mistake_gets_one_line_exit_2_and_leaves_nothing(tmp_path, trained, files, module, arguments, message):
     fill = {"run": trained, "files": files}
     arguments = [a.format(**fill) for a in arguments]
     if module == TRAIN:
@@ -271,7 +269,8 @@ def test_every_mistake_gets_one_line_exit_2_and_leaves_nothing(
         if not any(a.startswith("hydra.run.dir=") for a in arguments):
             arguments.append(f"hydra.run.dir={tmp_path / 'run'}")
     before = tree(tmp_path), tree(files), tree(trained)
-    runs = [in_this_process(module, arguments, tmp_path, monkeypatch, capsys)]
+    done = run_in_this_process(module, arguments, tmp_path)
+    runs = [(done.returncode, done.stderr)]
     if any(key in message for key in AS_A_PROCESS):
         runs.append(as_a_process(module, arguments, tmp_path))
     for returncode, stderr in runs:
@@ -280,21 +279,6 @@ def test_every_mistake_gets_one_line_exit_2_and_leaves_nothing(
         assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-2000:]
         assert message.format(**fill) in lines[0]
         assert (tree(tmp_path), tree(files), tree(trained)) == before  # nothing created, nothing left behind
-
-
-def in_this_process(module: str, arguments: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
-    """`python -m module arguments` run here: (exit code, stderr)."""
-    import runpy
-    import sys
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", [module, *arguments])
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # as run_hydra_cli sets it, undone after the test
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit:
-        runpy.run_module(module, run_name="__main__", alter_sys=False)
-    return exit.value.code, capsys.readouterr().err
 
 
 def as_a_process(module: str, arguments: list[str], cwd: Path) -> tuple[int, str]:
@@ -318,25 +302,14 @@ def as_a_process(module: str, arguments: list[str], cwd: Path) -> tuple[int, str
         ({"WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}, "127.0.0.1:9 cannot be reached"),
     ],
 )
-def test_live_wandb_with_no_key_or_no_network_is_refused_before_training(
-    tmp_path, monkeypatch, capsys, environment, message
-):
+def test_live_wandb_with_no_key_or_no_network_is_refused_before_training(tmp_path, environment, message):
     """logger.wandb.offline=false: W&B would ask for a key, or wait for its server; one line instead."""
-    import runpy
-    import sys
-
-    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no key from `wandb login`
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    monkeypatch.chdir(tmp_path)
-    arguments = [*TINY, *SYNTHETIC, "logger=[csv,wandb]", "logger.wandb.offline=false"]
-    monkeypatch.setattr(sys, "argv", [TRAIN, *(a for a in arguments if a != "logger=csv"), "hydra.run.dir=run"])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit:
-        runpy.run_module(TRAIN, run_name="__main__", alter_sys=False)
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert exit.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    unset = {name: None for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "NETRC")}
+    arguments = [*TINY, *SYNTHETIC, "logger=[csv,wandb]", "logger.wandb.offline=false", "hydra.run.dir=run"]
+    arguments.remove("logger=csv")
+    # HOME: no ~/.netrc, so no key from `wandb login`
+    environment = unset | {"HOME": str(tmp_path), "HYDRA_FULL_ERROR": "1"} | environment
+    done = run_in_this_process(TRAIN, arguments, tmp_path, environment)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "run").exists()

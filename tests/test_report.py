@@ -209,20 +209,27 @@ def test_a_run_still_being_written_is_running_not_failed_and_only_failed_txt_mea
     fake_run(runs, "5", None, anomaly_class="frog", failure="RuntimeError: killed")  # failed a day ago, rerun now
     age(runs / "5", 24 * 3600)
     (runs / "5" / "train.log").write_text("resuming\n")
+    fake_run(runs, "6", None, anomaly_class="ship", failure="RuntimeError: old")  # failed, rerun, then killed
+    age(runs / "6", 5 * 3600)
+    (runs / "6" / "train.log").write_text("resuming\n")  # restarted 2 hours after it failed
+    for path in (runs / "6", runs / "6" / "train.log"):
+        os.utime(path, (time.time() - 3 * 3600,) * 2)
     report_main([str(runs), "--wandb", "off"])
     text = capsys.readouterr().out
     with open(runs / "report" / "table1_auroc.csv") as file:
         (row,) = list(csv.DictReader(file))
-    assert (row["cat"], row["dog"], row["deer"], row["frog"]) == ("running", "failed", "stopped", "running")
+    states = row["cat"], row["dog"], row["deer"], row["frog"], row["ship"]
+    assert states == ("running", "failed", "stopped", "running", "stopped")
     assert row["horse"] == "0.800"
     with open(runs / "report" / "table3_folder.csv") as file:
         (folder_row,) = list(csv.DictReader(file))
     assert folder_row["AUROC"] == "running"
-    assert "Runs: 1 finished, 1 failed, 3 running, 1 stopped;" in text
+    assert "Runs: 1 finished, 1 failed, 3 running, 2 stopped;" in text
     assert f"Running runs (no metrics.json yet; written to in the last 60 min):\n\n- {runs / '1'}\n" in text
     assert f"- {runs / '2'}: ValueError: bad" in text and "Stopped runs" in text
     report_main([str(runs), "--wandb", "off", "--running-within", "300", "--out", str(tmp_path / "r")])
-    assert "Runs: 1 finished, 1 failed, 4 running;" in capsys.readouterr().out  # two hours is within 300 minutes
+    # two and three hours are within 300 minutes
+    assert "Runs: 1 finished, 1 failed, 5 running;" in capsys.readouterr().out
 
 
 def test_the_report_is_never_written_into_a_run_folder_that_has_not_finished(tmp_path, capsys):

@@ -363,3 +363,12 @@ def test_the_gpu_experiments_share_one_set_of_gpu_settings():
             "callbacks.progress_bar",
         ):
             assert OmegaConf.select(cfg, key) == OmegaConf.select(gpu, key), (experiment, key)
+
+
+def test_an_experiments_own_values_win_and_the_progress_bar_can_be_turned_off(tmp_path):
+    """experiment=demo sets threads=1 over train.yaml's null; trainer.enable_progress_bar=false leaves the
+    configured progress bar out (Lightning refuses a run that has both)."""
+    assert compose_config("experiment=demo").threads == 1 and compose_config().threads is None
+    done = run_cli(*TINY, *SYNTHETIC, "trainer.max_epochs=1", "+trainer.enable_progress_bar=false", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 1
