@@ -23,11 +23,13 @@ format: install  ## ruff rewrites what it can: the format and the safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The suite runs one worker a core (pytest-xdist), each on one thread: tiny networks gain nothing from more,
+# and two threads a worker on two cores would stall each other.
 test: lint  ## the linter, then the test suite: CPU, tiny data made on the spot, no network
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto
 
 test-fast: install  ## while working on the code: the suite less the tests that start the command line
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m "not cli"
+	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto -m "not cli"
 
 train: install  ## one CIFAR-10 experiment: make train CLASS=horse [DATA=path] [ARGS="trainer.max_epochs=1 ..."]
 	$(BIN)/python -m fned_lightning.train anomaly_class=$(CLASS) data.root=$(DATA) $(ARGS)

@@ -88,7 +88,9 @@ class PaDiM(FeatureDetector):
         covariance = (outer - n * mean[:, :, None] * mean[:, None, :]) / (n - 1)
         covariance += self.hparams.covariance_shrinkage * torch.eye(mean.shape[1], dtype=mean.dtype, device=mean.device)
         self.mean = mean.float()
-        self.inverse_covariance = torch.linalg.inv(covariance).float()
+        # symmetric positive definite (the shrinkage sees to it): Cholesky's inverse, exact to float64 and
+        # clear of the LU route, whose batched pivots came back unset on CPU after an earlier run in the process
+        self.inverse_covariance = torch.cholesky_inverse(torch.linalg.cholesky(covariance)).float()
 
     def distances(self, features: torch.Tensor):
         height, width = features.shape[-2:]
