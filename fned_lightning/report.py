@@ -43,9 +43,10 @@ from omegaconf import OmegaConf
 from fned_lightning.checkpoints import MOVED
 from fned_lightning.data.cifar10 import CIFAR10_CLASSES
 from fned_lightning.errors import InputError, fail
+from fned_lightning.models.detector import EVALUATION_OPTIONS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-EVALUATION = set(OmegaConf.load(CONF / "evaluation.yaml"))  # what every model shares
+EVALUATION = EVALUATION_OPTIONS  # what every model shares
 SHORT_NAMES = {"airplane": "plane", "automobile": "car"}
 FOLDER_METRICS = ("auroc", "auprc", "f1", "recall", "precision")
 PIXEL_METRICS = {

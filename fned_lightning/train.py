@@ -5,7 +5,6 @@ checkpoints/last.ckpt, plus the loggers' files (CSV, W&B offline run).
 """
 
 import csv
-import inspect
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from fned_lightning.errors import (
 )
 from fned_lightning.figures import anomaly_map_grid, reconstruction_grid, roc_and_pr_curves, score_histogram
 from fned_lightning.loggers import hide_lightning_tips, run_id
-from fned_lightning.models.detector import AnomalyDetector
+from fned_lightning.models.detector import EVALUATION_OPTIONS, AnomalyDetector
 from fned_lightning.protocols import PaperProtocol, check_protocol
 from fned_lightning.scoring import min_max_normalise
 
@@ -196,9 +195,7 @@ def check_resumable(ckpt_path: Path, cfg: DictConfig) -> int:
     for key in ("image_size", "channels"):
         if key in info and info[key] != cfg.data[key]:
             differences.append(f"data.{key} ({info[key]} there, {cfg.data[key]} here)")
-    evaluation = set(
-        inspect.signature(AnomalyDetector.__init__).parameters
-    )  # how it is tested may change; what it learnt may not
+    evaluation = EVALUATION_OPTIONS  # how it is tested may change; what it learnt may not
     for key, config in model.items():
         if isinstance(config, dict) and "_target_" in config and isinstance(saved.get(key), dict):
             for inner in sorted(

@@ -372,3 +372,13 @@ def test_an_experiments_own_values_win_and_the_progress_bar_can_be_turned_off(tm
     done = run_cli(*TINY, *SYNTHETIC, "trainer.max_epochs=1", "+trainer.enable_progress_bar=false", tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_the_evaluation_options_are_one_list_in_code_and_config():
+    """conf/evaluation.yaml gives every model the options AnomalyDetector takes; resuming (train) and the report's
+    setting names both read the list from the class."""
+    from omegaconf import OmegaConf
+
+    from fned_lightning.models.detector import EVALUATION_OPTIONS
+
+    assert set(OmegaConf.load(REPO / "conf" / "evaluation.yaml")) == EVALUATION_OPTIONS

@@ -3,6 +3,7 @@ score normalisation and the thresholds (kept in the checkpoint, for predict and 
 the image and pixel metrics and checks for a shift, under the protocol of `fned_lightning.protocols`.
 A model family gives `detect` (scores and maps; models.reconstruction, models.features) and its training."""
 
+import inspect
 import logging
 from typing import NamedTuple
 
@@ -402,3 +403,8 @@ class AnomalyDetector(L.LightningModule):
             "index": test.index.cpu(),
             "maps": test.maps.cpu() if masks is not None else None,
         }
+
+
+# How a model is evaluated, which every model shares (conf/evaluation.yaml gives them their values): may change
+# between a run and its resumption, and is not part of what names a setting in the report.
+EVALUATION_OPTIONS = frozenset(inspect.signature(AnomalyDetector.__init__).parameters) - {"self"}
