@@ -19,17 +19,18 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from fned_lightning.callbacks import Speedups
 from fned_lightning.data.synthetic import SyntheticParts
 from fned_lightning.loggers import hide_lightning_tips
+from fned_lightning.models import config_class, model_names
 from fned_lightning.scoring import residual_map, smooth
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-MODELS = sorted(path.stem for path in (CONF / "model").glob("*.yaml"))  # every model config
+MODELS = model_names()
 
 
 def median_seconds(step, repeats: int, warmup: int) -> float:
@@ -103,9 +104,7 @@ def models_of_kind(pretrained: str) -> list[str]:
     """The model configs whose class is pretrained ("yes"), trained from scratch ("no"), or all of them."""
     if pretrained == "all":
         return list(MODELS)
-    return [
-        name for name in MODELS if get_class(model_config(name, 32).model._target_).pretrained == (pretrained == "yes")
-    ]
+    return [name for name in MODELS if config_class(name).pretrained == (pretrained == "yes")]
 
 
 def bench_model(

@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 from fned_lightning.checkpoints import MOVED
 from fned_lightning.data.cifar10 import CIFAR10_CLASSES
 from fned_lightning.errors import InputError, fail
+from fned_lightning.models import MODEL_CONFIGS, config_class
 from fned_lightning.models.detector import EVALUATION_OPTIONS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -99,12 +100,9 @@ def model_identity(target: str | None, name: str | None) -> dict:
 def model_class(target: str | None, name: str | None) -> type | None:
     """A run's model class (from its config's target, else from conf/model/<name>.yaml), for its name in
     tables and whether it is pretrained; None if this version has none."""
-    if target is None and name and (CONF / "model" / f"{name}.yaml").is_file():
-        config = OmegaConf.load(CONF / "model" / f"{name}.yaml")
-        target = config.get("_target_") or config.get("model", {}).get("_target_")
-    if target is None:
-        return None
     try:
+        if target is None:
+            return config_class(name) if name and (MODEL_CONFIGS / f"{name}.yaml").is_file() else None
         return get_class(MOVED.get(target, target))
     except (ImportError, ValueError, AttributeError):
         return None

@@ -10,6 +10,7 @@ import torch
 from torchvision.io import write_jpeg, write_png
 
 from fned_lightning.data.cifar10 import CIFAR10_CLASSES
+from fned_lightning.models import config_class, model_names
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model.generator.width=4", "model.discriminator.width=8", "logger=csv"]
@@ -135,9 +136,7 @@ def compose_config(*overrides: str, return_hydra: bool = False):
         return compose("train", overrides=list(overrides), return_hydra_config=return_hydra)
 
 
-MODELS = sorted(
-    path.stem for path in (REPO / "conf" / "model").glob("*.yaml")
-)  # a new model config joins every test of them all
+MODELS = model_names()  # a new model config joins every test of them all
 TINY_SETTINGS = {  # models whose networks are trained: a few channels wide (any other runs as its config says)
     "fned": ["model.generator.width=4", "model.discriminator.width=8"],
     "ganomaly": ["model.generator.width=4", "model.discriminator.width=8", "model.generator.latent=8"],
@@ -153,22 +152,13 @@ TINY_SETTINGS = {  # models whose networks are trained: a few channels wide (any
 TINY_MODELS = {name: [f"model={name}", *TINY_SETTINGS.get(name, [])] for name in MODELS}
 
 
-def model_class(name: str) -> type:
-    """The class a model config builds (read from its file: nothing is instantiated)."""
-    import yaml
-    from hydra.utils import get_class
-
-    config = yaml.safe_load((REPO / "conf" / "model" / f"{name}.yaml").read_text())
-    return get_class(config.get("_target_") or config["model"]["_target_"])
-
-
 def models_of(family: str) -> list[str]:
     """The model configs whose class is of a family: `ReconstructionDetector` or `FeatureDetector`."""
     from fned_lightning.models.features import FeatureDetector
     from fned_lightning.models.reconstruction import ReconstructionDetector
 
     base = {"reconstruction": ReconstructionDetector, "features": FeatureDetector}[family]
-    return [name for name in MODELS if issubclass(model_class(name), base)]
+    return [name for name in MODELS if issubclass(config_class(name), base)]
 
 
 PROCESS_STARTERS = {"run_cli", "kill_after_first_checkpoint", "subprocess"}
