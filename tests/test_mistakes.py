@@ -74,6 +74,8 @@ MISTAKES = [
         "data.val_fraction=0.1 of 1 normal training image(s) leaves 0 to validate and 1 to train on",
     ),
     (TRAIN, [*SYNTHETIC, "model.generator.width=0"], "model.generator.width must be a whole number >= 1, got 0"),
+    (TRAIN, [*SYNTHETIC, "data.on_device=true", "data.num_workers=2"], "give data.num_workers=0"),
+    (TRAIN, [*SYNTHETIC, "trainer.limit_val_batches=0"], "trainer.limit_val_batches=0 skips the validation"),
     (TRAIN, [*SYNTHETIC, *FANOGAN, "model.critic.width=-2"], "model.critic.width must be a whole number >= 1"),
     (TRAIN, [*SYNTHETIC, "data.batch_size=-4"], "data.batch_size must be a whole number >= 1, got -4"),
     (TRAIN, [*SYNTHETIC, "data.eval_batch_size=0"], "data.eval_batch_size must be a whole number >= 1, got 0"),
