@@ -195,7 +195,8 @@ def check_resumable(ckpt_path: Path, cfg: DictConfig) -> int:
     for key in ("image_size", "channels"):
         if key in info and info[key] != cfg.data[key]:
             differences.append(f"data.{key} ({info[key]} there, {cfg.data[key]} here)")
-    evaluation = EVALUATION_OPTIONS  # how it is tested may change; what it learnt may not
+    # how it is tested may change; what it learnt may not (intensity matching also shapes what it trains on)
+    evaluation = EVALUATION_OPTIONS - {"intensity"}
     for key, config in model.items():
         if isinstance(config, dict) and "_target_" in config and isinstance(saved.get(key), dict):
             for inner in sorted(

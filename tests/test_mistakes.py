@@ -211,6 +211,11 @@ MISTAKES = [
     ),
     (
         TRAIN,
+        [*SYNTHETIC, "data.image_size=16", "data.intensity=per_image", "ckpt_path={run}/checkpoints/last.ckpt"],
+        "model.intensity (none there, per_image here)",
+    ),
+    (
+        TRAIN,
         [*SYNTHETIC, "data.image_size=16", "ckpt_path={files}/damaged.ckpt"],
         "cannot read {files}/damaged.ckpt as a checkpoint",
     ),
