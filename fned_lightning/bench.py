@@ -107,6 +107,34 @@ def models_of_kind(pretrained: str) -> list[str]:
     return [name for name in MODELS if config_class(name).pretrained == (pretrained == "yes")]
 
 
+def bench_parts(n_train: int, image_size: int, batch_size: int) -> SyntheticParts:
+    """Synthetic colour parts to time on: `n_train` training images, none held out, 8 + 8 to test."""
+    return SyntheticParts(
+        n_train=n_train,
+        n_test_normal=8,
+        n_test_abnormal=8,
+        image_size=image_size,
+        channels=3,
+        batch_size=batch_size,
+        val_fraction=0.0,
+    )
+
+
+def training_only(accelerator: str, epochs: int, callbacks: list) -> L.Trainer:
+    """A Trainer that trains on one device and does nothing else: no validation, logs or checkpoints."""
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_epochs=epochs,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+
+
 def bench_model(
     name: str,
     batch_size: int,
@@ -117,28 +145,10 @@ def bench_model(
     channels_last: bool = False,
 ) -> dict:
     cfg = model_config(name, image_size)
-    data = SyntheticParts(
-        n_train=batch_size * (repeats + warmup + 1),
-        n_test_normal=8,
-        n_test_abnormal=8,
-        image_size=image_size,
-        channels=3,
-        batch_size=batch_size,
-        val_fraction=0.0,
-    )
+    data = bench_parts(batch_size * (repeats + warmup + 1), image_size, batch_size)
     model = instantiate(cfg.model)
     timer = StepTimer(ConvYardstick(torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")))
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        max_epochs=model.fit_epochs,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer, Speedups(channels_last=channels_last)],
-    )
+    trainer = training_only(accelerator, model.fit_epochs, [timer, Speedups(channels_last=channels_last)])
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)  # f-AnoGAN needs two epochs: the first its WGAN-GP, the second its encoder
     fit_seconds = time.perf_counter() - start  # the whole fit: a feature model's own fitting at the end included
@@ -224,41 +234,16 @@ def training_flops(name: str, batch_size: int, image_size: int) -> float:
     averaged over one cycle of `critic_steps` critic updates and one generator update."""
     model = instantiate(model_config(name, image_size).model)
     batches = model.hparams.get("critic_steps", 1)
-    data = SyntheticParts(
-        n_train=batch_size * batches,
-        n_test_normal=8,
-        n_test_abnormal=8,
-        image_size=image_size,
-        channels=3,
-        batch_size=batch_size,
-        val_fraction=0.0,
-    )
     counter = FirstEpochFlops()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=model.fit_epochs,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[counter],
+    training_only("cpu", model.fit_epochs, [counter]).fit(
+        model, datamodule=bench_parts(batch_size * batches, image_size, batch_size)
     )
-    trainer.fit(model, datamodule=data)
     return counter.counter.total / batches
 
 
 def bench_data_path(batch_size: int, image_size: int, repeats: int, device: torch.device) -> dict:
     """uint8 tensors in memory -> a float batch in [-1, 1] on the device, as training gets it."""
-    data = SyntheticParts(
-        n_train=batch_size * 64,
-        n_test_normal=8,
-        n_test_abnormal=8,
-        image_size=image_size,
-        channels=3,
-        batch_size=batch_size,
-        val_fraction=0.0,
-    )
+    data = bench_parts(batch_size * 64, image_size, batch_size)
     data.setup("fit")
 
     def epoch():

@@ -48,6 +48,30 @@ def parts_folder(tmp_path_factory) -> Path:
     return root
 
 
+def tiny_parts(data_class=None, **settings):
+    """Tiny synthetic parts at 16x16 grey: 32 training images in batches of 8, 8 to validate, 8 + 8 to test."""
+    from fned_lightning.data.synthetic import SyntheticParts
+
+    defaults = dict(
+        n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2
+    )
+    return (data_class or SyntheticParts)(**(defaults | settings))
+
+
+def quiet_trainer(**settings):
+    """A Lightning Trainer that writes and prints nothing of its own (any setting may be overridden)."""
+    import lightning as L
+
+    defaults = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(**(defaults | settings))
+
+
 def run_cli(
     *overrides: str, tmp_path: Path, module: str = "fned_lightning.train", process: bool = False
 ) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from fned_lightning.data.synthetic import SyntheticParts
-from tests.conftest import MODELS, TINY_MODELS, compose_config, models_of, run_cli
+from tests.conftest import MODELS, TINY_MODELS, compose_config, models_of, quiet_trainer, run_cli
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])]
@@ -28,17 +28,7 @@ def fitted_on(device: str, name: str, **trainer_settings):
         n_train=32, n_test_normal=4, n_test_abnormal=4, image_size=32, channels=1, batch_size=8, val_fraction=0.25
     )
     settings = {"max_epochs": model.fit_epochs, **trainer_settings}
-    trainer = L.Trainer(
-        accelerator=device,
-        devices=1,
-        precision="bf16-mixed",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **settings,
-    )
+    trainer = quiet_trainer(accelerator=device, devices=1, precision="bf16-mixed", **settings)
     trainer.fit(model, datamodule=data)
     return model, trainer
 
@@ -116,16 +106,8 @@ def test_a_training_step_never_waits_for_the_gpu(name):
     data = SyntheticParts(
         n_train=40, n_test_normal=4, n_test_abnormal=4, image_size=size, channels=1, batch_size=8, on_device=True
     )
-    trainer = L.Trainer(
-        accelerator="cuda",
-        devices=1,
-        precision="bf16-mixed",
-        max_epochs=model.fit_epochs,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
+        accelerator="cuda", devices=1, precision="bf16-mixed", max_epochs=model.fit_epochs, limit_val_batches=0
     )
     trainer.fit(model, datamodule=data)  # 4 batches an epoch: the collapse check (every 10) does not come
 

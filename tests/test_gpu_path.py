@@ -16,7 +16,7 @@ from fned_lightning.errors import InputError
 from fned_lightning.seeding import epoch_seed
 from fned_lightning.simulated_anomalies import simulate_anomalies
 from fned_lightning.train import fit
-from tests.conftest import TINY_MODELS, compose_config
+from tests.conftest import TINY_MODELS, compose_config, quiet_trainer, tiny_parts
 
 
 def test_the_progress_bar_reads_the_losses_every_50_batches_by_default():
@@ -71,40 +71,15 @@ def test_data_held_on_the_device_refuses_loader_workers():
         SyntheticParts(on_device=True, num_workers=2)
 
 
-def tiny_data() -> SyntheticParts:
-    return SyntheticParts(
-        n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2
-    )
-
-
-def quiet_trainer(**settings) -> L.Trainer:
-    return L.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **settings,
-    )
-
-
 def test_the_normalisation_is_fitted_on_the_final_weights_when_validation_skips_epochs(tmp_path):
     """check_val_every_n_epoch=2 over 3 epochs: the last validation saw epoch 2's weights; the test must not,
     and last.ckpt (what predict and export read) holds the final weights with their own fits."""
     L.seed_everything(0)
     cfg = compose_config("data=synthetic", "data.image_size=16", *TINY_MODELS["fned"])
     model = instantiate(cfg.model)
-    data = tiny_data()
+    data = tiny_parts()
     checkpoint = instantiate(cfg.callbacks.checkpoint, dirpath=str(tmp_path))
-    trainer = L.Trainer(
-        max_epochs=3,
-        check_val_every_n_epoch=2,
-        callbacks=[checkpoint],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(max_epochs=3, check_val_every_n_epoch=2, callbacks=[checkpoint], enable_checkpointing=True)
     fit(trainer, model, data, None)
     assert model.fitted_at_step == trainer.global_step
     fitted = {name: getattr(model, name).clone() for name in ("score_min", "score_max", "score_threshold")}
@@ -154,7 +129,7 @@ def test_two_gloo_ranks_draw_their_own_noise_and_restart_d_together(tmp_path):
         limit_val_batches=0,
         callbacks=[RankRecorder(tmp_path)],
     )
-    trainer.fit(model, datamodule=tiny_data())
+    trainer.fit(model, datamodule=tiny_parts())
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     assert not torch.equal(ranks[0]["noise"], ranks[1]["noise"])
     for name, weight in ranks[0]["discriminator"].items():

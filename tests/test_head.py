@@ -7,11 +7,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from torchmetrics.functional.classification import binary_auroc
 
-from fned_lightning.data.synthetic import SyntheticParts
 from fned_lightning.models import gan as gan_module
 from fned_lightning.scoring import filtered_max
 from fned_lightning.simulated_anomalies import simulate_anomalies
-from tests.conftest import TINY_MODELS, compose_config
+from tests.conftest import TINY_MODELS, compose_config, quiet_trainer, tiny_parts
 from tests.test_learning import SameBatch  # one batch, over and over
 
 HEAD = [
@@ -26,30 +25,6 @@ HEAD = [
 
 def head_model(*overrides: str, name: str = "fned"):
     return instantiate(compose_config(*HEAD, *TINY_MODELS[name], *overrides).model)
-
-
-def tiny_parts(**kwargs) -> SyntheticParts:
-    return SyntheticParts(
-        n_train=40,
-        n_test_normal=8,
-        n_test_abnormal=8,
-        image_size=16,
-        channels=1,
-        batch_size=8,
-        val_fraction=0.2,
-        **kwargs,
-    )
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
 
 
 def test_the_filtered_maximum_reads_a_patch_of_hot_pixels_above_one_hot_pixel():

@@ -3,12 +3,12 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from fned_lightning.data.synthetic import SyntheticParts
 from fned_lightning.errors import InputError
 from fned_lightning.models import gan as gan_module
 from fned_lightning.models.fned import FNED
 from fned_lightning.models.gan import constant_then_linear_decay
 from fned_lightning.networks.dcgan import dcgan_init
+from tests.conftest import quiet_trainer, tiny_parts
 
 
 def tiny_model(**hparams) -> FNED:
@@ -24,22 +24,9 @@ def tiny_model(**hparams) -> FNED:
     )
 
 
-def tiny_data() -> SyntheticParts:
-    return SyntheticParts(
-        n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2
-    )
-
-
 def fit(model: FNED, **trainer_args) -> L.Trainer:
-    trainer = L.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **trainer_args,
-    )
-    trainer.fit(model, datamodule=tiny_data())
+    trainer = quiet_trainer(**trainer_args)
+    trainer.fit(model, datamodule=tiny_parts())
     return trainer
 
 

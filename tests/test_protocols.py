@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from fned_lightning.data.synthetic import SyntheticParts
 from fned_lightning.protocols import PaperProtocol
-from tests.conftest import TINY, TINY_MODELS, compose_config, run_cli
+from tests.conftest import TINY, TINY_MODELS, compose_config, quiet_trainer, run_cli, tiny_parts
 
 
 class GuardedParts(SyntheticParts):
@@ -62,23 +62,6 @@ class WeightsPerEpoch(L.Callback):
 def same(a: dict, b: dict) -> bool:
     """Every tensor equal to the bit (NaN in both places counts as equal: unfitted buffers)."""
     return all(torch.allclose(a[k].double(), b[k].double(), rtol=0, atol=0, equal_nan=True) for k in a)
-
-
-def quiet_trainer(**args) -> L.Trainer:
-    return L.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **args,
-    )
-
-
-def tiny_parts(data_class=SyntheticParts):
-    return data_class(
-        n_train=40, n_test_normal=8, n_test_abnormal=8, image_size=16, channels=1, batch_size=8, val_fraction=0.2
-    )
 
 
 def fit_and_test(*callbacks, protocol: str = "honest", epochs: int = 3):

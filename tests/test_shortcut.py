@@ -10,6 +10,7 @@ from fned_lightning.defects import PATCH_GRID, VISIBLE, corrupt, paint_defects
 from fned_lightning.errors import InputError
 from fned_lightning.networks.fned import DEPTH, FNEDGenerator
 from fned_lightning.scoring import MASK_UNKNOWN, defect_residual_ratio, residual_map
+from tests.conftest import tiny_parts
 from tests.test_module import tiny_model
 
 
@@ -171,19 +172,6 @@ def test_with_the_top_level_cut_nothing_reaches_the_output_without_a_downsamplin
 def test_skip_levels_out_of_range_is_refused():
     with pytest.raises(InputError, match="skip_levels must be 0"):
         FNEDGenerator(channels=1, width=4, skip_levels=DEPTH + 1)
-
-
-def tiny_parts(**kwargs) -> SyntheticParts:
-    return SyntheticParts(
-        n_train=40,
-        n_test_normal=8,
-        n_test_abnormal=8,
-        image_size=16,
-        channels=1,
-        batch_size=8,
-        val_fraction=0.2,
-        **kwargs,
-    )
 
 
 def test_painted_validation_defects_double_the_validation_split_with_masks():
