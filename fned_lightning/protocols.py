@@ -26,10 +26,8 @@ from fned_lightning.scoring import defect_residual_ratio, ranking_metrics
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("honest", "paper", "both")
-PAPER_TEST_BATCHES = (
-    "anchors",
-    "mixed",
-)  # the anchors' batches (training batch size, CIFAR-10 sorted by label); mixed: as the honest test's
+# the anchors' batches (training batch size, CIFAR-10 sorted by label); mixed: as the honest test's
+PAPER_TEST_BATCHES = ("anchors", "mixed")
 
 
 def check_protocol(protocol: str) -> None:
@@ -112,9 +110,8 @@ class PaperProtocol(L.Callback):
         metrics prefixed `paper_`; the model is left with its last epoch's weights, as it was."""
         last = state_copy(pl_module)
         honest_results = pl_module.test_results
-        selected = (
-            (self.best_state, self.best_epoch) if self.best_state else (last, trainer.current_epoch - 1)
-        )  # no AUROC defined
+        # no AUROC defined
+        selected = (self.best_state, self.best_epoch) if self.best_state else (last, trainer.current_epoch - 1)
         pl_module.protocol = "paper"
         try:
             pl_module.load_state_dict(selected[0])

@@ -39,12 +39,10 @@ from fned_lightning.scoring import min_max_normalise
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # Lightning on newer torch: noise
-warnings.filterwarnings(
-    "ignore", message=r".*smaller than the logging interval"
-)  # we log per epoch; short epochs are fine
-warnings.filterwarnings(
-    "ignore", message=r".*this fit will run with no optimizer"
-)  # PaDiM, PatchCore: fitted, not trained
+# we log per epoch; short epochs are fine
+warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+# PaDiM, PatchCore: fitted, not trained
+warnings.filterwarnings("ignore", message=r".*this fit will run with no optimizer")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # their frozen backbone, by design
 hide_lightning_tips()
 
@@ -69,9 +67,8 @@ def train(cfg: DictConfig) -> dict:
     if cfg.get("threads") is not None:
         check_number("threads", cfg.threads, 1, integer=True)
         torch.set_num_threads(cfg.threads)
-    check_number(
-        "trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True
-    )  # Lightning's -1 (no end) has no schedule to follow
+    # Lightning's -1 (no end) has no schedule to follow
+    check_number("trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True)
     for group in ("data", "model", "trainer"):
         check_options(cfg[group], group)
     check_accelerator(cfg.trainer.accelerator)
@@ -174,9 +171,8 @@ def resume_from(cfg: DictConfig) -> tuple[str | None, int]:
 
 
 def list_or_value(value):
-    return (
-        list(value) if isinstance(value, (list, tuple)) else value
-    )  # a checkpoint may hold a tuple where the config has a list
+    # a checkpoint may hold a tuple where the config has a list
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def check_resumable(ckpt_path: Path, cfg: DictConfig) -> int:
@@ -230,14 +226,14 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, datamodule) -> dict:
         "anomaly_class": getattr(datamodule, "anomaly_class", None),
         "seed": cfg.seed,
         "epochs": trainer.current_epoch,
+        # a ragged last batch, where kept, is not whole
         "train_images_per_epoch": min(
             int(trainer.num_training_batches) * datamodule.batch_size * trainer.world_size, len(datamodule.train_set)
-        ),  # a ragged last batch, where kept, is not whole
+        ),
         "image_size": datamodule.image_size,
         **datamodule.split_sizes(),
-        **(
-            {"val_real_names": datamodule.val_names} if getattr(datamodule, "val_defects", 0) else {}
-        ),  # out of the test set
+        # out of the test set
+        **({"val_real_names": datamodule.val_names} if getattr(datamodule, "val_defects", 0) else {}),
         **({"paper_test_batches": datamodule.paper_test_batches} if cfg.protocol != "honest" else {}),
     }
 

@@ -146,9 +146,8 @@ def test_device_batches_shuffle_each_epoch_and_split_ranks_evenly():
     epoch[0] = 1
     assert not torch.equal(torch.cat(batches(0)), first[0])  # a new order every epoch
     kept = DeviceShuffledBatches(dataset, batch_size=8, seed=7, epoch=lambda: 0, rank=1, world_size=2, drop_last=False)
-    assert (
-        len(kept) == 4 and sum(len(index) for _, _, index in kept) == 25
-    )  # a model fitted in one pass reads every image
+    # a model fitted in one pass reads every image
+    assert len(kept) == 4 and sum(len(index) for _, _, index in kept) == 25
 
 
 def test_synthetic_masks_cover_the_painted_defects_exactly():

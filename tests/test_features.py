@@ -48,12 +48,13 @@ def test_the_wheels_weights_load_into_timms_lite0_under_its_names():
     torch.testing.assert_close(
         features.network.state_dict()["conv_stem.weight"], weights["_conv_stem.weight"], rtol=0, atol=0
     )
+    # after stages of 1, 2, 2 blocks: the 7th
     torch.testing.assert_close(
         features.network.state_dict()["blocks.3.1.conv_pwl.weight"],
         weights["_blocks.6._project_conv.weight"],
         rtol=0,
         atol=0,
-    )  # after stages of 1, 2, 2 blocks: the 7th
+    )
     assert features.channels == [40, 112]
 
 
@@ -143,9 +144,8 @@ def test_padim_refuses_in_one_line_a_fit_whose_covariances_would_not_fit_in_memo
     monkeypatch.setattr("os.sysconf", lambda name: {"SC_AVPHYS_PAGES": 2500, "SC_PAGE_SIZE": 4096}[name])  # 10 MB free
     with pytest.raises(InputError) as error:
         model.accumulate(features)
-    assert "model.n_features=89 or fewer" in str(error.value) and "\n" not in str(
-        error.value
-    )  # sqrt(10.24e6 / 20 / 64) = 89.4
+    # sqrt(10.24e6 / 20 / 64) = 89.4
+    assert "model.n_features=89 or fewer" in str(error.value) and "\n" not in str(error.value)
     monkeypatch.undo()
     model.accumulate(features)  # with the machine's memory, it fits
 
@@ -263,12 +263,10 @@ def test_padim_runs_from_the_command_line_like_every_model(tmp_path):
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["model"] == "padim" and metrics["epochs"] == 1 and 0 <= metrics["auroc"] <= 1
-    assert (
-        metrics["n_train"] % 16 and metrics["train_images_per_epoch"] == metrics["n_train"]
-    )  # the ragged batch is read too
-    assert (
-        metrics["pixel_auroc"] is not None and metrics["defect_residual_ratio"] is None
-    )  # masks, and no reconstruction
+    # the ragged batch is read too
+    assert metrics["n_train"] % 16 and metrics["train_images_per_epoch"] == metrics["n_train"]
+    # masks, and no reconstruction
+    assert metrics["pixel_auroc"] is not None and metrics["defect_residual_ratio"] is None
     assert metrics["val_auroc"] is not None  # the painted validation defects
     assert {p.name for p in (run / "figures").iterdir()} == {"score_histogram.png", "roc_pr.png", "anomaly_maps.png"}
     done = run_cli(

@@ -117,9 +117,8 @@ def test_skip_ganomaly_features_are_the_100_d_vector_and_the_classifier_reads_th
     assert features.shape == (2, 100)
     pyramid = d.features(x)  # the DCGAN pyramid ends at 4x4 with width * 4 channels...
     assert pyramid.shape == (2, 256, 4, 4)
-    torch.testing.assert_close(
-        features, torch.nn.functional.conv2d(pyramid, d.head.weight).flatten(1)
-    )  # ...then a 4x4 conv, no activation
+    # ...then a 4x4 conv, no activation
+    torch.testing.assert_close(features, torch.nn.functional.conv2d(pyramid, d.head.weight).flatten(1))
     centre = d.classifier.weight[0, :, 1, 1]  # a 3x3 conv, padding 1, on a 1x1 map: only its centre tap
     torch.testing.assert_close(logits, features @ centre)
 

@@ -35,9 +35,8 @@ def reconstruction_error(model, x: torch.Tensor) -> float:
 def test_the_reconstruction_error_on_a_fixed_batch_falls_with_training(name):
     L.seed_everything(0)
     data = SyntheticParts(n_train=16, n_test_normal=4, n_test_abnormal=4, image_size=16, channels=1, val_fraction=0.0)
-    faster = ["model.lr=2e-3"] + (
-        ["model.encoder_lr=2e-3"] if name == "fanogan" else []
-    )  # a few dozen steps at tiny widths
+    # a few dozen steps at tiny widths
+    faster = ["model.lr=2e-3"] + (["model.encoder_lr=2e-3"] if name == "fanogan" else [])
     cfg = compose_config("data=synthetic", "data.image_size=16", "data.channels=1", *TINY_MODELS[name], *faster)
     model = instantiate(cfg.model)
     data.setup("fit")

@@ -186,9 +186,8 @@ def test_pt2_export_matches_pytorch(checkpoint, tmp_path):
     torch.testing.assert_close(actual, expected)
 
 
-@pytest.mark.parametrize(
-    "name", ["ganomaly", "fned_head"]
-)  # FNED: the tests above; every model to ONNX: test_every_model.py
+# FNED: the tests above; every model to ONNX: test_every_model.py
+@pytest.mark.parametrize("name", ["ganomaly", "fned_head"])
 @pytest.mark.parametrize("format", ["onnx", "pt2"])
 def test_other_models_and_the_head_export_and_match_pytorch(name, format, tmp_path):
     import onnxruntime

@@ -122,9 +122,8 @@ def test_runs_with_masks_get_a_localisation_table_beside_table_3(tmp_path):
     }
     fake_run(runs, "0", scores(0.7) | pixels, data="synthetic", anomaly_class=None)
     fake_run(runs, "1", scores(0.7) | pixels | {"pixel_aupro": 0.4}, data="synthetic", anomaly_class=None)
-    fake_run(
-        runs, "2", scores(0.6) | {"pixel_auroc": None}, data="folder", anomaly_class=None, model="ganomaly"
-    )  # no masks
+    # no masks
+    fake_run(runs, "2", scores(0.6) | {"pixel_auroc": None}, data="folder", anomaly_class=None, model="ganomaly")
     report_main([str(runs), "--wandb", "off"])
     with open(runs / "report" / "table3_localisation.csv") as file:
         (row,) = list(csv.DictReader(file))

@@ -29,9 +29,8 @@ def test_synthetic_run_writes_metrics_scores_config_and_checkpoint(tmp_path):
     done = run_cli(*TINY, *SYNTHETIC, "trainer.max_epochs=2", tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
-    assert (
-        "litlogger" not in output and "Total FLOPs: 0" not in output and "Total FLOPs" in output
-    )  # quiet, and counted
+    # quiet, and counted
+    assert "litlogger" not in output and "Total FLOPs: 0" not in output and "Total FLOPs" in output
     run, metrics, rows = results(tmp_path)
     for key in (
         "auroc",
@@ -107,9 +106,8 @@ def test_a_mistake_while_resuming_keeps_the_run_folder_and_its_checkpoint(tmp_pa
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"a checkpoint")
-    done = run_cli(
-        *TINY, "anomaly_class=horses", tmp_path=tmp_path
-    )  # the first mistake found: the checkpoint it would resume
+    # the first mistake found: the checkpoint it would resume
+    done = run_cli(*TINY, "anomaly_class=horses", tmp_path=tmp_path)
     assert done.returncode == 2 and f"cannot read {checkpoint} as a checkpoint" in done.stderr
     assert checkpoint.read_bytes() == b"a checkpoint"
 

@@ -35,13 +35,11 @@ class Detection(NamedTuple):
 
     scores: torch.Tensor  # N: the image score chosen by `image_score`
     maps: torch.Tensor  # N x H x W: the anomaly map, at the input's resolution
-    x_fake: (
-        torch.Tensor | None
-    )  # N x C x H x W: reconstructions, in the image's own intensity (None: no reconstruction)
+    # N x C x H x W: reconstructions, in the image's own intensity (None: no reconstruction)
+    x_fake: torch.Tensor | None
     paper_scores: torch.Tensor  # N: the model's own score (its paper's), whichever `image_score` is chosen
-    residuals: (
-        torch.Tensor | None
-    )  # N x H x W: the raw residual |x - x_fake|, before smoothing (the shortcut diagnostic's)
+    # N x H x W: the raw residual |x - x_fake|, before smoothing (the shortcut diagnostic's)
+    residuals: torch.Tensor | None
 
 
 def check_optimiser(lr_options: dict[str, float], betas) -> None:
@@ -283,6 +281,7 @@ class AnomalyDetector(L.LightningModule):
         self.score_max.fill_(scores.max())
         self.score_threshold.fill_(torch.quantile(scores.float(), 1 - self.false_positive_rate))
         self.pixel_threshold.fill_(upper_quantile(maps, self.false_positive_rate))
+        # gathered: the same on every rank
         self.log_dict(
             {
                 "val/score_mean": scores.mean(),
@@ -292,7 +291,7 @@ class AnomalyDetector(L.LightningModule):
                 "val/pixel_threshold": self.pixel_threshold,
             },
             rank_zero_only=True,
-        )  # gathered: the same on every rank
+        )
 
     def validation_defect_metrics(self, val: Scored) -> dict[str, float]:
         """How well the model finds the validation split's defects, every epoch: those painted on its normal

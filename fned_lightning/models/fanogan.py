@@ -28,9 +28,8 @@ class FAnoGAN(ReconstructionDetector):
     Score: the same two terms, per image."""
 
     display_name = "f-AnoGAN"
-    not_compiled = (
-        "critic",
-    )  # callbacks.Speedups: its gradient penalty needs a double backward, which torch.compile lacks
+    # callbacks.Speedups: its gradient penalty needs a double backward, which torch.compile lacks
+    not_compiled = ("critic",)
 
     def __init__(
         self,

@@ -79,9 +79,8 @@ class PatchCore(FeatureDetector):
                 f"{len(patches)} training patch features are fewer than model.reweight_neighbours={neighbours}: "
                 f"give more training images or a smaller model.reweight_neighbours"
             )
-        size = min(
-            len(patches), max(math.ceil(self.hparams.coreset_ratio * len(patches)), neighbours)
-        )  # room for b neighbours
+        # room for b neighbours
+        size = min(len(patches), max(math.ceil(self.hparams.coreset_ratio * len(patches)), neighbours))
         generator = torch.Generator().manual_seed(self.run_seed)
         chosen = greedy_coreset(patches, size, self.hparams.projection_dim, generator) if size < len(patches) else None
         self.memory_bank = patches if chosen is None else patches[chosen]
