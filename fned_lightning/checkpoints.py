@@ -7,9 +7,7 @@ import torch
 
 from fned_lightning.errors import InputError
 
-MOVED = {
-    "fned_lightning.models.fned.AnomalyGAN": "fned_lightning.models.fned.FNED"
-}  # FNED's class before it had its own
+MOVED = {"fned_lightning.models.fned.AnomalyGAN": "fned_lightning.models.fned.FNED"}  # FNED's class before its own
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -56,8 +56,8 @@ PIXEL_METRICS = {
     "pixel_auroc": "pixel AUROC",
     "pixel_aupro": "AUPRO (30% FPR)",
     "pixel_f1": "pixel F1",
-    "defect_residual_ratio": "residual defect / normal",
-}  # ~1: G copies its input, defects too
+    "defect_residual_ratio": "residual defect / normal",  # ~1: G copies its input, defects too
+}
 PAPER = {  # as printed in the paper (its own protocol), for comparison only
     "auroc": {
         "f-AnoGAN": [0.529, 0.731, 0.389, 0.482, 0.365, 0.517, 0.431, 0.603, 0.484, 0.697, 0.523],
@@ -344,17 +344,8 @@ def folder_table(finished, unfinished) -> tuple[list[str], list[list[str]]]:
         if run["data"] != "cifar10":
             values.setdefault((data_set_of(run), row_name(run)), defaultdict(list))
             states[(data_set_of(run), row_name(run))].add(run["state"])
-    header = [
-        "data set",
-        "model",
-        "budget",
-        "AUROC",
-        "AUPRC",
-        "F1",
-        "recall",
-        "precision",
-        "AUROC paper - honest",
-    ]  # FOLDER_METRICS
+    # the metrics' columns are FOLDER_METRICS'
+    header = ["data set", "model", "budget", "AUROC", "AUPRC", "F1", "recall", "precision", "AUROC paper - honest"]
     rows = []
     for data_set, name in sorted(values, key=lambda key: (key[0], model_rank(key[1]))):
         cells = values[(data_set, name)]

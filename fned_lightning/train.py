@@ -195,9 +195,8 @@ def check_resumable(ckpt_path: Path, cfg: DictConfig) -> int:
     evaluation = EVALUATION_OPTIONS - {"intensity"}
     for key, config in model.items():
         if isinstance(config, dict) and "_target_" in config and isinstance(saved.get(key), dict):
-            for inner in sorted(
-                set(config) | set(saved[key])
-            ):  # each network's settings (widths, latent sizes, levels)
+            # each network's settings (widths, latent sizes, levels)
+            for inner in sorted(set(config) | set(saved[key])):
                 if inner not in ("image_size", "channels") and config.get(inner) != saved[key].get(inner):
                     differences.append(f"model.{key}.{inner} ({saved[key].get(inner)} there, {config.get(inner)} here)")
         elif (

@@ -37,9 +37,8 @@ from fned_lightning.predict import rebuild_detector
 from fned_lightning.report import PAPER, display_name
 from fned_lightning.scoring import ranking_metrics
 
-MOVED_DATA = {
-    "fned_lightning.data.CIFAR10OneClass": "fned_lightning.data.cifar10.CIFAR10OneClass"
-}  # before data/ was a package
+# before data/ was a package
+MOVED_DATA = {"fned_lightning.data.CIFAR10OneClass": "fned_lightning.data.cifar10.CIFAR10OneClass"}
 
 
 def run_config(path: Path, data_root: str | None = None):

@@ -315,9 +315,8 @@ def test_paper_batches_rescores_a_run_and_refuses_one_it_does_not_reproduce(tmp_
     shutil.move(tmp_path / "metrics.json", metrics_file)
     rescored = subprocess.run(script, capture_output=True, text=True, cwd=REPO)
     assert rescored.returncode == 0, rescored.stderr[-3000:]
-    assert not [
-        line for line in rescored.stdout.splitlines() if line.startswith("run epoch")
-    ]  # scored before: only the check ran
+    # scored before: only the check ran
+    assert not [line for line in rescored.stdout.splitlines() if line.startswith("run epoch")]
     result = json.loads((out / "paper_batches.json").read_text())["run"]
     assert metrics["paper_test_batches"] == result["logged_batching"] == "anchors"
     assert (result["finished"], result["honest_auroc"]) == (True, metrics["auroc"])

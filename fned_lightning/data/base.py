@@ -345,9 +345,8 @@ class AnomalyDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         model = self.trainer.lightning_module if self.trainer is not None else None
-        if (
-            getattr(model, "protocol", None) == "paper"
-        ):  # the paper's test, after fit: batched as the anchors batched it
+        # the paper's test, after fit: batched as the anchors batched it
+        if getattr(model, "protocol", None) == "paper":
             return self.paper_test_dataloader()
         return self._loader(self.test_set, self.eval_batch_size)
 

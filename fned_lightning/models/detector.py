@@ -186,9 +186,8 @@ class AnomalyDetector(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.run_seed = torch.initial_seed()  # the run's seed: train.py seeds before it builds anything
-        if self.intensity == "per_image" and torch.isnan(
-            self.intensity_std
-        ):  # not when resuming: kept in the checkpoint
+        # not when resuming: kept in the checkpoint
+        if self.intensity == "per_image" and torch.isnan(self.intensity_std):
             mean, std = self.trainer.datamodule.intensity_reference()
             self.intensity_mean.fill_(mean)
             self.intensity_std.fill_(std)
@@ -241,9 +240,8 @@ class AnomalyDetector(L.LightningModule):
         return min_max_normalise(scores, self.score_min.item(), self.score_max.item())
 
     def on_train_epoch_end(self) -> None:
-        optimizers = [
-            o for o in self.trainer.optimizers if o.param_groups
-        ]  # Lightning's stand-in for none has no groups
+        # Lightning's stand-in for no optimiser has no groups
+        optimizers = [o for o in self.trainer.optimizers if o.param_groups]
         if optimizers:  # a model fitted without an optimiser (models.features) has no rate
             self.log("train/lr", optimizers[0].param_groups[0]["lr"])  # the rate this epoch used
         schedulers = self.lr_schedulers()

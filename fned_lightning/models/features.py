@@ -117,9 +117,8 @@ class FeatureDetector(AnomalyDetector):
             features = self.features(self.match_intensity(batch[0]))
             with exact_float32(features.device.type):  # the statistics in float32 (float64) always
                 self.accumulate(features)
-                if (
-                    batch_idx + 1 == self.trainer.num_training_batches
-                ):  # before validation, which fits the normalisation
+                # the last batch: fitted before validation, which fits the normalisation
+                if batch_idx + 1 == self.trainer.num_training_batches:
                     self.finish_fit()
 
     def validation_step(self, batch, batch_idx: int) -> None:
