@@ -103,7 +103,11 @@ def main() -> None:
     with open(HERE / "machines.csv", newline="") as f:
         machines = {row["class"]: row for row in csv.DictReader(f)}
     lines += ["| class | machine | wall time |", "|---|---|---|"]
-    lines += [f"| {name} | {machines[name]['machine']} | {machines[name]['wall time']} |" for name in done]
+    missing = {"machine": "not recorded in machines.csv", "wall time": "not recorded in machines.csv"}
+    lines += [
+        f"| {name} | {machines.get(name, missing)['machine']} | {machines.get(name, missing)['wall time']} |"
+        for name in done
+    ]
     lines.append("")
     (HERE / "fned_table.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -6,8 +6,8 @@
 #   tar -xzf ../shared/datasets/cifar10-jpeg.tar.gz -C /root/sweep/data/cifar10
 #   nohup setsid bash results/cifar10_table1/run_table1.sh >> /root/sweep/table1.log 2>&1 &
 set -e
-cd /root/sweep/fned_7f7fb11 || { echo "run_table1.sh: no worktree at /root/sweep/fned_7f7fb11; make it with the first line above" >&2; exit 2; }
-[ "$(git rev-parse --short HEAD)" = 7f7fb11 ] || { echo "run_table1.sh: /root/sweep/fned_7f7fb11 is not at 7f7fb11; run: git -C /root/sweep/fned_7f7fb11 checkout --detach 7f7fb11" >&2; exit 2; }
+cd /root/sweep/fned_7f7fb11 || { echo "run_table1.sh: no worktree at /root/sweep/fned_7f7fb11; make it: git worktree add --detach /root/sweep/fned_7f7fb11 7f7fb11 && (cd /root/sweep/fned_7f7fb11 && make install)" >&2; exit 2; }
+[ "$(git rev-parse HEAD)" = "$(git rev-parse '7f7fb11^{commit}')" ] || { echo "run_table1.sh: /root/sweep/fned_7f7fb11 is not at 7f7fb11; run: git -C /root/sweep/fned_7f7fb11 checkout --detach 7f7fb11" >&2; exit 2; }
 echo "start $(date -u +%FT%TZ) host $(hostname) cpu '$(lscpu | sed -n 's/^Model name: *//p')' family $(lscpu | sed -n 's/^CPU family: *//p') model $(lscpu | sed -n 's/^Model: *//p') cores $(nproc) commit $(git rev-parse --short HEAD) up since $(uptime -s)" >> /root/sweep/table1_sessions.log
 export WANDB_MODE=disabled
 export OMP_WAIT_POLICY=PASSIVE  # waiting threads sleep: the sweep shares 2 cores with other work
