@@ -120,12 +120,13 @@ def bench_parts(n_train: int, image_size: int, batch_size: int) -> SyntheticPart
     )
 
 
-def training_only(accelerator: str, epochs: int, callbacks: list) -> L.Trainer:
+def training_only(accelerator: str, epochs: int, callbacks: list, precision: str = "32-true") -> L.Trainer:
     """A Trainer that trains on one device and does nothing else: no validation, logs or checkpoints."""
     return L.Trainer(
         accelerator=accelerator,
         devices=1,
         max_epochs=epochs,
+        precision=precision,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,

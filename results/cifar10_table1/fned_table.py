@@ -14,6 +14,7 @@ took, comes from `machines.csv` (written by hand from the sessions log as each r
 import csv
 import json
 from pathlib import Path
+from statistics import mean
 
 from fned_lightning.data.cifar10 import CIFAR10_CLASSES
 from fned_lightning.report import PAPER
@@ -55,10 +56,6 @@ def first_sweep() -> dict[str, dict]:
             "run": f"../cifar10_paper_budget/{run} (99bb309; anchors' from paper_batches.json)",
         }
     return rows
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def main() -> None:
@@ -103,11 +100,10 @@ def main() -> None:
     with open(HERE / "machines.csv", newline="") as f:
         machines = {row["class"]: row for row in csv.DictReader(f)}
     lines += ["| class | machine | wall time |", "|---|---|---|"]
-    missing = {"machine": "not recorded in machines.csv", "wall time": "not recorded in machines.csv"}
-    lines += [
-        f"| {name} | {machines.get(name, missing)['machine']} | {machines.get(name, missing)['wall time']} |"
-        for name in done
-    ]
+    unrecorded = {"machine": "not recorded in machines.csv", "wall time": "not recorded in machines.csv"}
+    for name in done:
+        machine = machines.get(name, unrecorded)
+        lines.append(f"| {name} | {machine['machine']} | {machine['wall time']} |")
     lines.append("")
     (HERE / "fned_table.md").write_text("\n".join(lines))
     print("\n".join(lines))
