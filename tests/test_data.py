@@ -60,9 +60,14 @@ def test_missing_cifar10_names_the_path_and_the_layouts(tmp_path):
         cifar(tmp_path / "nowhere")
 
 
-def test_cifar10_folder_copy_is_cached_as_tensors(cifar_folder, tmp_path):
+def test_cifar10_folder_copy_is_cached_as_tensors(cifar_folder, tmp_path, monkeypatch):
     first = cifar(cifar_folder, cache_dir=str(tmp_path))
     assert len(list(tmp_path.glob("cifar10-*.pt"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the second load decoded the JPEGs again instead of reading the cache")
+
+    monkeypatch.setattr("fned_lightning.data.cifar10.load_images", no_decoding)
     second = cifar(cifar_folder, cache_dir=str(tmp_path))
     assert torch.equal(first.test_set.images, second.test_set.images)
 

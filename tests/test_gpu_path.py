@@ -93,13 +93,21 @@ def test_the_normalisation_is_fitted_on_the_final_weights_when_validation_skips_
 
 
 class RankRecorder(L.Callback):
-    """Makes only rank 0's D collapse, and keeps what each rank drew and its D's weights in a file."""
+    """Makes only rank 0's D collapse, and keeps what each rank drew, its D's weights and how often it
+    restarted D in a file."""
 
     def __init__(self, folder):
         self.folder = folder
 
     def on_train_start(self, trainer, pl_module):
         pl_module.hparams.d_collapse_loss = 1e9 if trainer.global_rank == 0 else -1.0
+        self.restarts, restart = 0, pl_module.reinitialise_discriminator
+
+        def counted_restart(batch_idx):
+            self.restarts += 1
+            restart(batch_idx)
+
+        pl_module.reinitialise_discriminator = counted_restart
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == 0:  # after the epoch's seeding: what this rank's noise starts with
@@ -108,7 +116,7 @@ class RankRecorder(L.Callback):
     def on_train_end(self, trainer, pl_module):
         # its parameters: BatchNorm's running statistics move on each rank's own batches, as DDP has it
         weights = {name: p.detach() for name, p in pl_module.discriminator.named_parameters()}
-        state = {"noise": self.noise, "discriminator": weights}
+        state = {"noise": self.noise, "discriminator": weights, "restarts": self.restarts}
         torch.save(state, self.folder / f"rank{trainer.global_rank}.pt")
 
 
@@ -132,5 +140,6 @@ def test_two_gloo_ranks_draw_their_own_noise_and_restart_d_together(tmp_path):
     trainer.fit(model, datamodule=tiny_parts())
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     assert not torch.equal(ranks[0]["noise"], ranks[1]["noise"])
+    assert ranks[0]["restarts"] == ranks[1]["restarts"] > 0  # rank 1's D, which never collapsed, restarted too
     for name, weight in ranks[0]["discriminator"].items():
         assert torch.equal(weight, ranks[1]["discriminator"][name]), name

@@ -6,8 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms.v2.functional import resize
 
+from fned_lightning.data.base import to_model_range
+from fned_lightning.data.images import read_image
 from fned_lightning.data.synthetic import draw_parts
 from fned_lightning.errors import InputError
 from fned_lightning.export import ScoreAndMap, export, write
@@ -234,10 +238,33 @@ def test_overlays_and_masks_are_at_each_inputs_own_resolution(checkpoint, parts,
         )
     title = Image.open(tmp_path / "out" / "overlays" / "line1__grey.png").text["Title"]
     assert title.startswith("line1/grey.png\n")  # its path below the inputs' folder, as its file's name says
-    # the mask is the map above the checkpoint's pixel threshold:
-    # an image whose map is above it somewhere has white pixels
     summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
-    assert summary["pixel_threshold"] == pytest.approx(model.pixel_threshold.item()) and rows
+    assert summary["pixel_threshold"] == pytest.approx(model.pixel_threshold.item())
+
+
+def test_each_mask_is_its_own_map_above_the_checkpoints_pixel_threshold(checkpoint, parts, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    part = np.asarray(Image.open(parts / "line1" / "grey.png"))[:, :40]
+    Image.fromarray(part).save(inputs / "part.png")
+    patched = part.copy()
+    patched[:24, :20] = 255  # a white patch no part has: its map is above the threshold there, not elsewhere
+    Image.fromarray(patched).save(inputs / "patched.png")
+    predict(predict_config(checkpoint, inputs, tmp_path / "out"))
+    model, info = load_detector(checkpoint)
+    masks = {}
+    for name in ("part", "patched"):
+        image = read_image(inputs / f"{name}.png", channels=1)
+        with torch.no_grad():
+            x = to_model_range(resize(image, [info["image_size"]] * 2, antialias=True)[None])
+            own = F.interpolate(model(x).maps[None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+        mask = torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / "masks" / f"{name}.png")).copy())
+        clear = (own - model.pixel_threshold).abs() > 1e-4  # a pixel at the threshold may fall either way
+        assert mask.shape == own.shape == (48, 40) and clear.float().mean() > 0.99
+        assert torch.equal(mask[clear] == 255, (own > model.pixel_threshold)[clear]), name
+        masks[name] = mask == 255
+    # not a check of black (or white) masks only: the patch is white in its mask, not all of the part is
+    assert masks["patched"][:12, :10].all() and not masks["patched"].all()
 
 
 def test_predict_and_export_write_no_log_file_and_their_help_lists_only_their_options(checkpoint, parts, tmp_path):

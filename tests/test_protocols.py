@@ -99,13 +99,10 @@ class ScriptedPaperProtocol(PaperProtocol):
         return self.AUROCS[trainer.current_epoch], math.nan
 
 
-def test_paper_protocol_tests_the_weights_of_the_best_epoch_not_the_last():
+def test_paper_protocol_tests_the_weights_of_the_best_epoch_not_the_last(monkeypatch):
     weights, paper = WeightsPerEpoch(), ScriptedPaperProtocol()
-    GuardedParts.fitting = lambda self: False  # the paper's protocol reads test data by design
-    try:
-        fit_and_test(paper, weights, protocol="paper")  # the selection runs before the snapshot in each epoch's end
-    finally:
-        del GuardedParts.fitting
+    monkeypatch.setattr(GuardedParts, "fitting", lambda self: False)  # the paper's protocol reads test data by design
+    fit_and_test(paper, weights, protocol="paper")  # the selection runs before the snapshot in each epoch's end
     assert paper.best_epoch == 1 and paper.best_auroc == 0.9
     assert not same(weights.epochs[1], weights.epochs[2])
     assert same(weights.tested, weights.epochs[1])
