@@ -124,6 +124,8 @@ def test_two_gloo_ranks_draw_their_own_noise_and_restart_d_together(tmp_path):
     """DDP on two CPU processes (gloo): a collapse seen on one rank restarts D on both, with the same
     weights (else the copies drift apart); each rank's noise is its own."""
     L.seed_everything(0)
+    # Checked every batch: rank 0 clears its flag before DDP copies buffers to rank 1, so rank 1 learns of
+    # the collapse only through the all-gather.
     model = instantiate(
         compose_config(
             "data=synthetic", "data.image_size=16", *TINY_MODELS["fned"], "model.d_collapse_check_interval=1"
