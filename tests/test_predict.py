@@ -8,14 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms.v2.functional import resize
 
 from fned_lightning.data.base import to_model_range
-from fned_lightning.data.images import read_image
 from fned_lightning.data.synthetic import draw_parts
 from fned_lightning.errors import InputError
 from fned_lightning.export import ScoreAndMap, export, write
-from fned_lightning.predict import load_detector, predict
+from fned_lightning.predict import Tally, load_detector, predict, read_batch
 from fned_lightning.scoring import residual_map, smooth
 from tests.conftest import TINY, run_cli
 
@@ -252,12 +250,13 @@ def test_each_mask_is_its_own_map_above_the_checkpoints_pixel_threshold(checkpoi
     Image.fromarray(patched).save(inputs / "patched.png")
     predict(predict_config(checkpoint, inputs, tmp_path / "out", "device=cpu"))  # as the maps below (no TF32)
     model, info = load_detector(checkpoint)
+    names = ("part", "patched")
+    resized, originals, _ = read_batch([inputs / f"{name}.png" for name in names], info["image_size"], 1, Tally())
+    with torch.no_grad():
+        maps = model(to_model_range(torch.stack(resized))).maps
     masks = {}
-    for name in ("part", "patched"):
-        image = read_image(inputs / f"{name}.png", channels=1)
-        with torch.no_grad():
-            x = to_model_range(resize(image, [info["image_size"]] * 2, antialias=True)[None])
-            own = F.interpolate(model(x).maps[None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    for name, image, anomaly_map in zip(names, originals, maps, strict=True):
+        own = F.interpolate(anomaly_map[None, None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
         mask = torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / "masks" / f"{name}.png")).copy())
         clear = (own - model.pixel_threshold).abs() > 1e-4  # a pixel at the threshold may fall either way
         assert mask.shape == own.shape == (48, 40) and clear.float().mean() > 0.99
