@@ -2,11 +2,14 @@
 # Table 1 whole (issue 35): FNED on the eight CIFAR-10 classes not yet run at the paper's budget, then the
 # baselines, from a worktree at a fixed commit (7f7fb11: protocol=both tests the paper's protocol in the
 # anchors' batches). Given again, it resumes: finished runs are kept, the others go on from their last checkpoint.
-#   git worktree add --detach /root/sweep/fned_7f7fb11 7f7fb11 && (cd /root/sweep/fned_7f7fb11 && make install)
-#   tar -xzf ../shared/datasets/cifar10-jpeg.tar.gz -C /root/sweep/data/cifar10
-#   nohup setsid bash results/cifar10_table1/run_table1.sh >> /root/sweep/table1.log 2>&1 &
+# On a new machine it first makes the worktree, the data and the finished runs' folders (setup_table1.sh).
+#   mkdir -p /root/sweep && nohup setsid bash results/cifar10_table1/run_table1.sh >> /root/sweep/table1.log 2>&1 < /dev/null &
 set -e
-cd /root/sweep/fned_7f7fb11 || { echo "run_table1.sh: no worktree at /root/sweep/fned_7f7fb11; make it: git worktree add --detach /root/sweep/fned_7f7fb11 7f7fb11 && (cd /root/sweep/fned_7f7fb11 && make install)" >&2; exit 2; }
+if pgrep -f "hydra.sweep.dir=/root/sweep/multirun/cifar10_table1_" > /dev/null; then
+  echo "run_table1.sh: the sweep is running already (pgrep -af cifar10_table1_ shows it); one at a time" >&2; exit 2
+fi
+SWEEP=/root/sweep bash "$(dirname "$0")/setup_table1.sh"
+cd /root/sweep/fned_7f7fb11
 [ "$(git rev-parse HEAD)" = "$(git rev-parse '7f7fb11^{commit}')" ] || { echo "run_table1.sh: /root/sweep/fned_7f7fb11 is not at 7f7fb11; run: git -C /root/sweep/fned_7f7fb11 checkout --detach 7f7fb11" >&2; exit 2; }
 echo "start $(date -u +%FT%TZ) host $(hostname) cpu '$(lscpu | sed -n 's/^Model name: *//p')' family $(lscpu | sed -n 's/^CPU family: *//p') model $(lscpu | sed -n 's/^Model: *//p') cores $(nproc) commit $(git rev-parse --short HEAD) up since $(uptime -s)" >> /root/sweep/table1_sessions.log
 export WANDB_MODE=disabled
