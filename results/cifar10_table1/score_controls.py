@@ -23,6 +23,7 @@ from pathlib import Path
 from statistics import mean, median
 
 import torch
+from torchmetrics.functional import spearman_corrcoef
 from torchvision.io import decode_image, read_file
 
 from fned_lightning.data.cifar10 import CIFAR10_CLASSES
@@ -51,21 +52,9 @@ def complexity(path: Path) -> float:
     return float(horizontal + vertical) / 2
 
 
-def average_ranks(values: list[float]) -> torch.Tensor:
-    """1-based ranks, tied values sharing the mean of their ranks (scores and complexities do tie)."""
-    _, inverse, counts = torch.unique(
-        torch.tensor(values, dtype=torch.float64), return_inverse=True, return_counts=True
-    )
-    last_rank = counts.cumsum(0).double()
-    return (last_rank - (counts - 1) / 2)[inverse]
-
-
 def spearman(a: list[float], b: list[float]) -> float:
-    return float(torch.corrcoef(torch.stack([average_ranks(a), average_ranks(b)]))[0, 1])
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return markdown(header, rows).splitlines()
+    """Rank correlation, tied values sharing their mean rank (scores and complexities do tie)."""
+    return float(spearman_corrcoef(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)))
 
 
 def class_ranks(runs: dict) -> list[str]:
@@ -73,10 +62,10 @@ def class_ranks(runs: dict) -> list[str]:
     for (model, held_out), (scores, _) in runs.items():
         header.append(f"{display_name(model)}, {held_out} held out")
         medians = {c: median(s for n, s in scores.items() if class_of(n) == c) for c in CIFAR10_CLASSES}
-        order = sorted(CIFAR10_CLASSES, key=medians.get)
-        orders.append([order.index(c) for c in CIFAR10_CLASSES])
+        rank = {c: i + 1 for i, c in enumerate(sorted(CIFAR10_CLASSES, key=medians.get))}
+        orders.append([float(rank[c]) for c in CIFAR10_CLASSES])
         for c in CIFAR10_CLASSES:
-            cell = f"{order.index(c) + 1} ({medians[c]:.3g})"
+            cell = f"{rank[c]} ({medians[c]:.3g})"
             cells[c].append(f"**{cell}**" if c == held_out else cell)
     honest_row = ["honest AUROC", *(f"{honest:.3f}" for _, honest in runs.values())]
     pairs = [spearman(a, b) for a, b in combinations(orders, 2)]
@@ -87,7 +76,7 @@ def class_ranks(runs: dict) -> list[str]:
         "scores on its own scale). Bold: the class held out in that run (its 6,000 images; every other class: its",
         "1,000 normal test images).",
         "",
-        *table(header, [*cells.values(), honest_row]),
+        markdown(header, [*cells.values(), honest_row]),
         "",
         f"Spearman correlation of the ten classes' order between two runs, over all {len(pairs)} pairs: mean"
         f" {mean(pairs):.2f}, lowest {min(pairs):.2f} (1: the same order).",
@@ -117,7 +106,7 @@ def held_out_or_trained_on(runs: dict) -> list[str]:
         "scored by the run that held h out, and by the run of the same model that held h2 out (h was normal",
         "training data there). Novelty adds the difference.",
         "",
-        *table(
+        markdown(
             ["model", "class h", "AUROC, h held out", "run holding out h2", "AUROC, h trained on", "novelty adds"], rows
         ),
         "",
@@ -151,11 +140,11 @@ def complexity_alone(runs: dict, root: Path) -> list[str]:
         "images) of the mean absolute difference between neighbouring pixels; beside it, the honest AUROC of each",
         "model run at the paper's budget (— where not run yet), and FNED's number in the paper.",
         "",
-        *table(["held-out class", "complexity alone", *map(display_name, MODELS), "FNED, the paper"], rows),
+        markdown(["held-out class", "complexity alone", *map(display_name, MODELS), "FNED, the paper"], rows),
         "",
         "Spearman correlation between each run's score and the complexity of the images it scored:",
         "",
-        *table(["model", "held out", "Spearman", "honest AUROC"], correlations),
+        markdown(["model", "held out", "Spearman", "honest AUROC"], correlations),
         "",
     ]
 
