@@ -4,10 +4,11 @@
 
 The yardstick is the spread float32 already has between machines: bird's run on family 25 model 1 (lost after
 epoch 12, `lost_runs/`) against the same command on family 26 model 2 (`1_fned_bird_seed0/`), in the
-anchors'-batches AUROC after each epoch. bf16 (family 26 model 2, `bf16_check/0_fned_bird_seed0/`) passes if its
-differences from float32 on the same machine are no larger, per epoch (median and largest), and its honest AUROC
-is within the largest of the machines' differences (README.md, "The check", states this rule before the run).
-While the bf16 run is training, its `epochs_so_far.csv` is compared as far as it goes.
+anchors'-batches AUROC after each of epochs 0-12. bf16 (family 26 model 2, `bf16_check/0_fned_bird_seed0/`)
+passes if, over the same epochs, the median and the largest of its per-epoch differences from float32 on the same
+machine are no larger than the machines' (rounded to 4 places, as README.md states the rule), and its honest
+AUROC is within the machines' largest difference of float32's. The rule was written down before the run.
+While the bf16 run is training, its `epochs_so_far.csv` is compared as far as it goes, without a verdict.
 """
 
 import csv
@@ -21,42 +22,38 @@ HERE = Path(__file__).resolve().parent
 FLOAT32 = HERE / "1_fned_bird_seed0"
 OTHER_MACHINE = HERE / "lost_runs" / "fned_bird_seed0_epochs0-12_family25_model1.csv"
 BF16 = HERE / "bf16_check" / "0_fned_bird_seed0"
+AUROC, RATE = "paper/test_auroc", "perf/train_images_per_s"
 
 
 def per_epoch(log: Path, column: str) -> dict[int, float]:
-    if not log.exists():  # the bf16 run before its first epoch is kept
-        return {}
     with log.open() as f:
         return {int(row["epoch"]): float(row[column]) for row in csv.DictReader(f) if row.get(column)}
 
 
-def spread(a: dict[int, float], b: dict[int, float]) -> tuple[list[int], float, float]:
-    epochs = sorted(a.keys() & b.keys())
-    differences = [abs(a[e] - b[e]) for e in epochs]
-    return epochs, median(differences), max(differences)
+def differences(a: dict[int, float], b: dict[int, float], epochs: list[int]) -> list[float]:
+    return [abs(a[e] - b[e]) for e in epochs]
+
+
+def cell(value: float | None, places: int = 3) -> str:
+    return "" if value is None else f"{value:.{places}f}"
 
 
 def main() -> None:
     finished = (BF16 / "metrics.json").exists()
     bf16_log = BF16 / ("epochs.csv" if finished else "epochs_so_far.csv")
-    float32 = per_epoch(FLOAT32 / "epochs.csv", "paper/test_auroc")
-    other_machine = per_epoch(OTHER_MACHINE, "paper/test_auroc")
-    bf16 = per_epoch(bf16_log, "paper/test_auroc")
-    rates = {
-        name: per_epoch(log, "perf/train_images_per_s")
-        for name, log in (("float32", FLOAT32 / "epochs.csv"), ("bf16", bf16_log))
-    }
+    float32, other_machine = per_epoch(FLOAT32 / "epochs.csv", AUROC), per_epoch(OTHER_MACHINE, AUROC)
+    bf16 = per_epoch(bf16_log, AUROC) if bf16_log.exists() or finished else {}  # a finished run must have its log
+    float32_rate = per_epoch(FLOAT32 / "epochs.csv", RATE)
+    bf16_rate = per_epoch(bf16_log, RATE) if bf16 else {}
 
     rows = []
     for epoch in sorted(float32.keys() | bf16.keys()):
-        cells = [other_machine.get(epoch), float32.get(epoch), bf16.get(epoch)]
-        machines = abs(cells[0] - cells[1]) if None not in cells[:2] else None
-        precision = abs(cells[2] - cells[1]) if None not in cells[1:] else None
-        rates_cells = [rates["float32"].get(epoch), rates["bf16"].get(epoch)]
+        f25, f32, b16 = other_machine.get(epoch), float32.get(epoch), bf16.get(epoch)
+        machines = abs(f25 - f32) if f25 is not None and f32 is not None else None
+        precision = abs(b16 - f32) if b16 is not None and f32 is not None else None
         rows.append(
-            [str(epoch)]
-            + ["" if v is None else f"{v:.3f}" for v in [*cells, machines, precision]]
-            + ["" if v is None else f"{v:.1f}" for v in rates_cells]
+            [str(epoch), *map(cell, (f25, f32, b16, machines, precision))]
+            + [cell(float32_rate.get(epoch), 1), cell(bf16_rate.get(epoch), 1)]
         )
     table = markdown(
         [
@@ -72,7 +69,9 @@ def main() -> None:
         rows,
     )
 
-    machine_epochs, machine_median, machine_max = spread(other_machine, float32)
+    rule_epochs = sorted(other_machine.keys() & float32.keys())
+    machine_differences = differences(other_machine, float32, rule_epochs)
+    machine_median, machine_max = round(median(machine_differences), 4), round(max(machine_differences), 4)
     lines = [
         "# bf16-mixed against float32: FNED bird, seed 0, the paper's budget, commit 7f7fb11",
         "",
@@ -81,42 +80,42 @@ def main() -> None:
         "",
         table,
         "",
-        f"- Machines' spread (float32, epochs {machine_epochs[0]}-{machine_epochs[-1]}): median {machine_median:.4f}, "
+        f"- Machines' spread (float32, epochs {rule_epochs[0]}-{rule_epochs[-1]}): median {machine_median:.4f}, "
         f"largest {machine_max:.4f}.",
     ]
-    if not bf16:
+    compared = [e for e in rule_epochs if e in bf16]
+    if not compared:
         lines.append("- bf16: no epoch scored yet.")
     else:
-        bf16_epochs, bf16_median, bf16_max = spread(bf16, float32)
-        within = bf16_median <= machine_median and bf16_max <= machine_max
-        judged = (
-            f"{'within' if within else 'outside'} the machines' spread" if finished else "judged when the run finishes"
+        bf16_differences = differences(bf16, float32, compared)
+        lines.append(
+            f"- bf16's difference from float32 (epochs {compared[0]}-{compared[-1]}): median "
+            f"{median(bf16_differences):.4f}, largest {max(bf16_differences):.4f}."
         )
         lines.append(
-            f"- bf16's difference from float32 (epochs {bf16_epochs[0]}-{bf16_epochs[-1]}): median {bf16_median:.4f}, "
-            f"largest {bf16_max:.4f} ({judged})."
+            f"- Training images/s, median over each run's epochs: float32 {median(float32_rate.values()):.1f} "
+            f"({len(float32_rate)} epochs), bf16 {median(bf16_rate.values()):.1f} ({len(bf16_rate)} epochs): "
+            f"{median(bf16_rate.values()) / median(float32_rate.values()):.2f}x."
         )
-        speedups = [
-            rates["bf16"][e] / rates["float32"][e] for e in sorted(rates["bf16"].keys() & rates["float32"].keys())
+    if finished and compared == rule_epochs:
+        honest32 = json.loads((FLOAT32 / "metrics.json").read_text())
+        honest16 = json.loads((BF16 / "metrics.json").read_text())
+        honest_difference = abs(honest16["auroc"] - honest32["auroc"])
+        passed = (
+            round(median(bf16_differences), 4) <= machine_median
+            and round(max(bf16_differences), 4) <= machine_max
+            and round(honest_difference, 4) <= machine_max
+        )
+        lines += [
+            f"- Honest AUROC (eval(), last epoch): float32 {honest32['auroc']:.4f}, bf16 {honest16['auroc']:.4f}, "
+            f"difference {honest_difference:.4f} (allowed: {machine_max:.4f}).",
+            f"- Anchors' batches, best epoch: float32 {honest32['paper_auroc']:.4f} (epoch "
+            f"{honest32['paper_tested_epoch']}), bf16 {honest16['paper_auroc']:.4f} "
+            f"(epoch {honest16['paper_tested_epoch']}).",
+            f"- Verdict: bf16 {'passes' if passed else 'fails'} the rule stated before the run.",
         ]
-        lines.append(
-            f"- Training images/s, bf16 over float32 on the same epochs: median {median(speedups):.2f}x "
-            f"({min(speedups):.2f}-{max(speedups):.2f}x; {len(speedups)} epochs, each beside whatever else ran)."
-        )
-        if finished:
-            honest32 = json.loads((FLOAT32 / "metrics.json").read_text())
-            honest16 = json.loads((BF16 / "metrics.json").read_text())
-            honest_difference = abs(honest16["auroc"] - honest32["auroc"])
-            passed = within and honest_difference <= machine_max
-            lines += [
-                f"- Honest AUROC (eval(), last epoch): float32 {honest32['auroc']:.4f}, bf16 {honest16['auroc']:.4f}, "
-                f"difference {honest_difference:.4f} (allowed: {machine_max:.4f}).",
-                f"- Anchors' batches, best epoch: float32 {honest32['paper_auroc']:.4f} (epoch "
-                f"{honest32['paper_tested_epoch']}), bf16 {honest16['paper_auroc']:.4f} (epoch {honest16['paper_tested_epoch']}).",
-                f"- Verdict: bf16 {'passes' if passed else 'fails'} the rule stated before the run.",
-            ]
-        else:
-            lines.append("- The bf16 run has not finished: no honest AUROC and no verdict yet.")
+    else:
+        lines.append("- The bf16 run has not finished: no honest AUROC and no verdict.")
     (HERE / "bf16_check.md").write_text("\n".join(lines) + "\n")
 
 
