@@ -25,9 +25,11 @@ BF16 = HERE / "bf16_check" / "0_fned_bird_seed0"
 AUROC, RATE = "paper/test_auroc", "perf/train_images_per_s"
 
 
-def per_epoch(log: Path, column: str) -> dict[int, float]:
+def per_epoch(log: Path) -> tuple[dict[int, float], dict[int, float]]:
+    """(anchors'-batches AUROC, training images/s) by epoch, from one Lightning CSV log."""
     with log.open() as f:
-        return {int(row["epoch"]): float(row[column]) for row in csv.DictReader(f) if row.get(column)}
+        rows = list(csv.DictReader(f))
+    return tuple({int(r["epoch"]): float(r[column]) for r in rows if r.get(column)} for column in (AUROC, RATE))
 
 
 def differences(a: dict[int, float], b: dict[int, float], epochs: list[int]) -> list[float]:
@@ -41,10 +43,9 @@ def cell(value: float | None, places: int = 3) -> str:
 def main() -> None:
     finished = (BF16 / "metrics.json").exists()
     bf16_log = BF16 / ("epochs.csv" if finished else "epochs_so_far.csv")
-    float32, other_machine = per_epoch(FLOAT32 / "epochs.csv", AUROC), per_epoch(OTHER_MACHINE, AUROC)
-    bf16 = per_epoch(bf16_log, AUROC) if bf16_log.exists() or finished else {}  # a finished run must have its log
-    float32_rate = per_epoch(FLOAT32 / "epochs.csv", RATE)
-    bf16_rate = per_epoch(bf16_log, RATE) if bf16 else {}
+    float32, float32_rate = per_epoch(FLOAT32 / "epochs.csv")
+    other_machine, _ = per_epoch(OTHER_MACHINE)
+    bf16, bf16_rate = per_epoch(bf16_log) if bf16_log.exists() or finished else ({}, {})  # a finished run has its log
 
     rows = []
     for epoch in sorted(float32.keys() | bf16.keys()):
