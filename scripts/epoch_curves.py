@@ -44,9 +44,9 @@ def main(folder: str) -> None:
     runs = {}
     for log in sorted(root.rglob("epochs.csv")):
         config = OmegaConf.load(log.parent / "config.yaml")
-        variant = model_variant(config.model)
         metrics = json.loads((log.parent / "metrics.json").read_text())
         name, anomaly_class = metrics["model"], metrics.get("anomaly_class")
+        variant = model_variant(name, OmegaConf.to_container(config.model))
         label = (
             f"{display_name(name)}{f' ({variant})' if variant else ''}{f', {anomaly_class}' if anomaly_class else ''}, "
             f"{config.data.image_size} px, seed {config.seed}"

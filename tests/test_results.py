@@ -44,3 +44,22 @@ def test_a_log_cut_by_a_resume_is_kept_whole(tmp_path):
         "train/loss_g": "",
         "paper/test_auroc": "0.55",
     }
+
+
+def test_epoch_curves_tabulate_each_kept_run(tmp_path):
+    """scripts/epoch_curves.py: one row per kept run, its per-epoch values in their epochs' columns."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "0_fned_cat_seed0"
+    run.mkdir()
+    (run / "epochs.csv").write_text("epoch,step,paper/test_auroc\n0,10,0.61\n1,20,0.875\n")
+    # a nested setting as published (conf/model/fned.yaml's generator) names no variant
+    (run / "config.yaml").write_text(
+        "seed: 0\ndata:\n  image_size: 32\nmodel:\n  generator:\n    width: 32\n    skip_levels: 0\n"
+    )
+    (run / "metrics.json").write_text('{"model": "fned", "anomaly_class": "cat"}')
+    subprocess.run([sys.executable, str(REPO / "scripts" / "epoch_curves.py"), str(tmp_path)], check=True)
+    table = (tmp_path / "epoch_curves.md").read_text()
+    assert "| FNED, cat, 32 px, seed 0 | 0.610 | 0.875 |" in table
+    assert (tmp_path / "epoch_curves.png").stat().st_size > 0
