@@ -63,3 +63,13 @@ def test_epoch_curves_tabulate_each_kept_run(tmp_path):
     table = (tmp_path / "epoch_curves.md").read_text()
     assert "| FNED, cat, 32 px, seed 0 | 0.610 | 0.875 |" in table
     assert (tmp_path / "epoch_curves.png").stat().st_size > 0
+
+
+def test_fned_table_is_what_its_script_regenerates(tmp_path):
+    """results/cifar10_table1/fned_table.md and .csv come from the kept runs beside them, not from a hand edit."""
+    import runpy
+
+    folder = REPO / "results" / "cifar10_table1"
+    runpy.run_path(str(folder / "fned_table.py"))["main"](tmp_path)
+    for name in ("fned_table.md", "fned_table.csv"):
+        assert (tmp_path / name).read_text() == (folder / name).read_text(), name
