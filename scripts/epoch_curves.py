@@ -1,7 +1,8 @@
 """Per-epoch curves of kept runs (scripts/keep_results.sh copies each run's CSV log as epochs.csv): the
 shortcut diagnostic on painted validation defects, their AUROC, the AUROC of real validation defects
 (data.val_defects), and the test AUROC that the paper's
-protocol scores after every epoch (BatchNorm in training mode; read, never used to choose anything).
+protocol scores after every epoch (BatchNorm in training mode; protocol=both picks its paper epoch from these,
+on test labels, as the paper does; the honest protocol never reads them).
 
     python scripts/epoch_curves.py results/shortcut_screw    # writes epoch_curves.md and .png there
 """

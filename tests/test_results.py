@@ -7,6 +7,7 @@ from fned_lightning.report import report
 from tests.conftest import REPO
 
 REPORTS = sorted((REPO / "results").rglob("report/tables.md"))
+CURVES = sorted((REPO / "results").glob("*/epoch_curves.md"))
 
 
 def test_there_is_committed_evidence():
@@ -73,3 +74,19 @@ def test_fned_table_is_what_its_script_regenerates(tmp_path):
     runpy.run_path(str(folder / "fned_table.py"))["main"](tmp_path)
     for name in ("fned_table.md", "fned_table.csv"):
         assert (tmp_path / name).read_text() == (folder / name).read_text(), name
+
+
+@pytest.mark.parametrize("committed", CURVES, ids=[str(p.relative_to(REPO)) for p in CURVES])
+def test_committed_epoch_curves_are_what_the_script_regenerates(committed, tmp_path):
+    """Each results folder's epoch_curves.md is scripts/epoch_curves.py's output on the runs kept beside it."""
+    import runpy
+    import shutil
+
+    folder = committed.parent
+    for log in folder.rglob("epochs.csv"):
+        for name in ("epochs.csv", "config.yaml", "metrics.json"):
+            copy = tmp_path / (log.parent / name).relative_to(folder)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(log.parent / name, copy)
+    runpy.run_path(str(REPO / "scripts" / "epoch_curves.py"))["main"](str(tmp_path))
+    assert (tmp_path / "epoch_curves.md").read_text() == committed.read_text()

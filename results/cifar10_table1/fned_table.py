@@ -15,6 +15,7 @@ took, comes from `machines.csv` (written by hand from the sessions log as each r
 
 import csv
 import json
+import math
 from pathlib import Path
 from statistics import mean
 
@@ -38,7 +39,10 @@ def this_sweep() -> dict[str, dict]:
                 for row in csv.DictReader(f)
                 if row["paper/test_auroc"]
             }
-        assert sorted(per_epoch) == list(range(15)), metrics_file  # the paper's test ran after every epoch
+        assert sorted(per_epoch) == list(range(m["epochs"])), metrics_file  # the paper's test ran after every epoch
+        # the log's per-epoch number is the one the run chose from: it cannot come from another column or epoch
+        assert math.isclose(per_epoch[m["paper_tested_epoch"]], m["paper_auroc"], abs_tol=1e-6), metrics_file
+        assert max(per_epoch.values()) == per_epoch[m["paper_tested_epoch"]], metrics_file
         rows[m["anomaly_class"]] = {
             "honest": m["auroc"],
             "anchors": m["paper_auroc"],
