@@ -1,5 +1,11 @@
-"""The evidence committed under results/: every report table there is what `report` regenerates
-from the runs' metrics.json beside it (so a table cannot drift from its runs)."""
+"""The evidence committed under results/: every report table, the FNED Table 1 and each epoch_curves.md there
+is what its script regenerates from the runs kept beside it (so a table cannot drift from its runs)."""
+
+import csv
+import runpy
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -25,9 +31,6 @@ def test_committed_tables_are_what_report_regenerates(tables, tmp_path):
 def test_a_log_cut_by_a_resume_is_kept_whole(tmp_path):
     """scripts/merge_epoch_logs.py: the copy taken before a resume gives the epochs the resumed log lacks;
     an epoch both have comes from the newer one."""
-    import csv
-    import subprocess
-    import sys
 
     logs = tmp_path / "csv"
     logs.mkdir()
@@ -49,8 +52,6 @@ def test_a_log_cut_by_a_resume_is_kept_whole(tmp_path):
 
 def test_epoch_curves_tabulate_each_kept_run(tmp_path):
     """scripts/epoch_curves.py: one row per kept run, its per-epoch values in their epochs' columns."""
-    import subprocess
-    import sys
 
     run = tmp_path / "0_fned_cat_seed0"
     run.mkdir()
@@ -68,7 +69,6 @@ def test_epoch_curves_tabulate_each_kept_run(tmp_path):
 
 def test_fned_table_is_what_its_script_regenerates(tmp_path):
     """results/cifar10_table1/fned_table.md and .csv come from the kept runs beside them, not from a hand edit."""
-    import runpy
 
     folder = REPO / "results" / "cifar10_table1"
     runpy.run_path(str(folder / "fned_table.py"))["main"](tmp_path)
@@ -79,8 +79,6 @@ def test_fned_table_is_what_its_script_regenerates(tmp_path):
 @pytest.mark.parametrize("committed", CURVES, ids=[str(p.relative_to(REPO)) for p in CURVES])
 def test_committed_epoch_curves_are_what_the_script_regenerates(committed, tmp_path):
     """Each results folder's epoch_curves.md is scripts/epoch_curves.py's output on the runs kept beside it."""
-    import runpy
-    import shutil
 
     folder = committed.parent
     for log in folder.rglob("epochs.csv"):
