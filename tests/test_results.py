@@ -31,7 +31,6 @@ def test_committed_tables_are_what_report_regenerates(tables, tmp_path):
 def test_a_log_cut_by_a_resume_is_kept_whole(tmp_path):
     """scripts/merge_epoch_logs.py: the copy taken before a resume gives the epochs the resumed log lacks;
     an epoch both have comes from the newer one."""
-
     logs = tmp_path / "csv"
     logs.mkdir()
     (logs / "metrics.before_resume.20261201T140344.csv").write_text(
@@ -52,7 +51,6 @@ def test_a_log_cut_by_a_resume_is_kept_whole(tmp_path):
 
 def test_epoch_curves_tabulate_each_kept_run(tmp_path):
     """scripts/epoch_curves.py: one row per kept run, its per-epoch values in their epochs' columns."""
-
     run = tmp_path / "0_fned_cat_seed0"
     run.mkdir()
     (run / "epochs.csv").write_text("epoch,step,paper/test_auroc\n0,10,0.61\n1,20,0.875\n")
@@ -69,7 +67,6 @@ def test_epoch_curves_tabulate_each_kept_run(tmp_path):
 
 def test_fned_table_is_what_its_script_regenerates(tmp_path):
     """results/cifar10_table1/fned_table.md and .csv come from the kept runs beside them, not from a hand edit."""
-
     folder = REPO / "results" / "cifar10_table1"
     runpy.run_path(str(folder / "fned_table.py"))["main"](tmp_path)
     for name in ("fned_table.md", "fned_table.csv"):
@@ -79,7 +76,6 @@ def test_fned_table_is_what_its_script_regenerates(tmp_path):
 @pytest.mark.parametrize("committed", CURVES, ids=[str(p.relative_to(REPO)) for p in CURVES])
 def test_committed_epoch_curves_are_what_the_script_regenerates(committed, tmp_path):
     """Each results folder's epoch_curves.md is scripts/epoch_curves.py's output on the runs kept beside it."""
-
     folder = committed.parent
     for log in folder.rglob("epochs.csv"):
         for name in ("epochs.csv", "config.yaml", "metrics.json"):
